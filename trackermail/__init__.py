@@ -1,0 +1,1 @@
+"""trackermail: the mail engine of a distribution package tracker."""

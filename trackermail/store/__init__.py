@@ -1,0 +1,24 @@
+"""
+The tracker's persistent state: L{IStore} and its two backends.
+"""
+
+from trackermail.errors import ConfigError
+
+
+def open_store(url: str, reactor=None, pool_size: int = 4):
+    """
+    Build (not start) the store for a C{[database] url}: C{sqlite:///PATH}
+    or C{postgresql://...}.
+    """
+    if url.startswith("sqlite:///"):
+        from trackermail.store.sqlite import MemoryStore, SQLiteStore
+
+        path = url[len("sqlite:///"):]
+        if path in (":memory:", ""):
+            return MemoryStore()
+        return SQLiteStore(path, reactor=reactor)
+    if url.startswith(("postgresql://", "postgres://")):
+        from trackermail.store.postgres import PostgresStore
+
+        return PostgresStore(url, size=pool_size, reactor=reactor)
+    raise ConfigError(f"[database] url: unsupported database URL {url!r}")

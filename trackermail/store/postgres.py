@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.store.test_store -*-
+"""
+The PostgreSQL store, through txpostgres.
+
+txpostgres' own C{ConnectionPool} neither reconnects nor health-checks
+(see TWISTED-NOTES (e)), so this module keeps a small pool of
+C{txpostgres.Connection}s, each with a C{DeadConnectionDetector}: a
+connection that dies is re-established in the background while calls fail
+fast with L{StoreUnavailable} (a temporary failure: the message waits in
+the spool and is retried).
+"""
+
+from __future__ import annotations
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, txpostgres
+from zope.interface import implementer
+
+from trackermail.errors import StoreUnavailable
+from trackermail.store.base import StoreBase
+from trackermail.store.interface import IStore
+from trackermail.store.sql import run_async
+
+log = Logger()
+
+_RETRYABLE = (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected)
+_DEAD = (psycopg2.OperationalError, psycopg2.InterfaceError, reconnection.ConnectionDead,
+         txpostgres.RollbackFailed)
+
+
+def _translate(failure: Failure) -> Failure:
+    if failure.check(*_DEAD):
+        return Failure(StoreUnavailable(f"PostgreSQL: {failure.getErrorMessage().strip()}"))
+    return failure
+
+
+@implementer(IStore)
+class PostgresStore(StoreBase):
+    """
+    A store in a PostgreSQL database shared by any number of tracker nodes.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, size: int = 4, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.dsn = dsn
+        self.size = max(1, size)
+        self._reactor = reactor
+        self._idle: list = []
+        self._all: list = []
+        self._semaphore = defer.DeferredSemaphore(self.size)
+        self._listener = None
+        self._channels: set[str] = set()
+        self._started: Deferred | None = None
+
+    def _connection(self):
+        detector = reconnection.DeadConnectionDetector(reactor=self._reactor)
+        conn = txpostgres.Connection(reactor=self._reactor, detector=detector)
+        return conn
+
+    def start(self) -> Deferred:
+        if self._started is None:
+            self._started = Deferred.fromCoroutine(self._start())
+        return self._started
+
+    async def _start(self):
+        try:
+            for _ in range(self.size):
+                conn = self._connection()
+                await conn.connect(self.dsn)
+                self._all.append(conn)
+                self._idle.append(conn)
+        except Exception as e:
+            for conn in self._all:
+                conn.close()
+            self._all, self._idle = [], []
+            self._started = None
+            raise StoreUnavailable(f"PostgreSQL: cannot connect to {self.dsn}: {e}".strip())
+        return self
+
+    def close(self) -> Deferred:
+        for conn in self._all:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:
+                pass
+            self._listener = None
+        self._all, self._idle = [], []
+        self._started = None
+        return defer.succeed(None)
+
+    def run(self, program, *args, **kwargs) -> Deferred:
+        return Deferred.fromCoroutine(self._run(program, args, kwargs))
+
+    async def _run(self, program, args, kwargs):
+        if self._started is None:
+            await self.start()
+        else:
+            await self._started
+        for attempt in range(5):
+            await self._semaphore.acquire()
+            conn = self._idle.pop()
+            try:
+                return await conn.runInteraction(
+                    lambda cursor: Deferred.fromCoroutine(
+                        run_async(cursor, program(*args, **kwargs))
+                    )
+                )
+            except _RETRYABLE:
+                if attempt == 4:
+                    raise
+            except _DEAD as e:
+                raise StoreUnavailable(f"PostgreSQL: {str(e).strip()}") from e
+            finally:
+                self._idle.append(conn)
+                self._semaphore.release()
+
+    def listen(self, channel: str, callback) -> None:
+        """
+        Also LISTEN on PostgreSQL, on a dedicated connection (a pooled one
+        would be handed to other work), so that other nodes' commits wake us.
+        """
+        StoreBase.listen(self, channel, callback)
+        self._channels.add(channel)
+        Deferred.fromCoroutine(self._listen()).addErrback(
+            lambda f: log.failure("cannot LISTEN for {channel}", f, channel=channel)
+        )
+
+    async def _listen(self):
+        if self._listener is None:
+            conn = self._connection()
+            self._listener = conn
+            conn.addNotifyObserver(self._notified)
+            conn.detector.addRecoveryHandler(lambda *a: self._relisten())
+            await conn.connect(self.dsn)
+        await self._relisten()
+
+    def _relisten(self):
+        return Deferred.fromCoroutine(self._do_relisten())
+
+    async def _do_relisten(self):
+        for channel in sorted(self._channels):
+            await self._listener.runOperation(f'LISTEN "{channel}"')
+
+    def _notified(self, notify) -> None:
+        for callback in list((self._listeners or {}).get(notify.channel, ())):
+            try:
+                callback()
+            except Exception:
+                log.failure("notification listener failed for {channel}",
+                            channel=notify.channel)
+
+    def _fire_notes(self, channels) -> None:
+        # On PostgreSQL, notifications come back through LISTEN.
+        pass
