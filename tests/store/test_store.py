@@ -227,7 +227,7 @@ class StoreContractMixin:
     async def test_enqueue_stores_body_once(self):
         """A fan-out stores its body once and a queued delivery per recipient."""
         seen = []
-        self.store.listen("outbox", lambda: seen.append(1))
+        await self.store.listen("outbox", lambda: seen.append(1))
         mid = await self.store.enqueue(b"Subject: x\r\n\r\nbody\xff\r\n",
                                        [("a@example.org", "bounces+1@t.example"),
                                         ("b@example.org", "bounces+2@t.example")], 10.0)

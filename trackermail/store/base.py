@@ -15,14 +15,17 @@ class StoreBase:
     dialect = ""
     _listeners: dict | None = None
 
-    def listen(self, channel: str, callback) -> None:
+    def listen(self, channel: str, callback):
         """
         Call C{callback()} after any transaction (of this process, or of any
-        node on PostgreSQL) that notified C{channel}.
+        node on PostgreSQL) that notified C{channel}. Fires once listening.
         """
         if self._listeners is None:
             self._listeners = {}
         self._listeners.setdefault(channel, []).append(callback)
+        from twisted.internet import defer
+
+        return defer.succeed(None)
 
     def _fire_notes(self, channels) -> None:
         for channel in sorted(channels):

@@ -470,7 +470,7 @@ def dump_subscribers(packages: Sequence[str] = ()):
         for name in packages:
             pid = yield from package_id(name)
             if pid is None:
-                raise UnknownPackage(name)
+                raise UnknownPackage(f'no package "{name}"')
             result[name] = yield from subscribers_of(name)
         return result
     rows = yield Rows(

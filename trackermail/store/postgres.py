@@ -129,16 +129,20 @@ class PostgresStore(StoreBase):
                 self._idle.append(conn)
                 self._semaphore.release()
 
-    def listen(self, channel: str, callback) -> None:
+    def listen(self, channel: str, callback):
         """
         Also LISTEN on PostgreSQL, on a dedicated connection (a pooled one
         would be handed to other work), so that other nodes' commits wake us.
         """
         StoreBase.listen(self, channel, callback)
         self._channels.add(channel)
-        Deferred.fromCoroutine(self._listen()).addErrback(
-            lambda f: log.failure("cannot LISTEN for {channel}", f, channel=channel)
-        )
+        d = Deferred.fromCoroutine(self._listen())
+
+        def failed(f):
+            if self._started is not None:  # not closed meanwhile
+                log.failure("cannot LISTEN for {channel}", f, channel=channel)
+
+        return d.addErrback(failed)
 
     async def _listen(self):
         if self._listener is None:

@@ -1,0 +1,338 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{trackermail} admin command.
+
+Exit codes: 0 success, 1 failure with one line on stderr, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+
+from trackermail.config import Config, load_config
+from trackermail.errors import ConfigError, TrackerError
+
+EX_TEMPFAIL = 75
+
+
+class CommandError(TrackerError):
+    """A command failed; the message is shown to the user."""
+
+
+def _config(args) -> Config:
+    path = args.config
+    if path is None and os.path.exists("tracker.toml"):
+        path = "tracker.toml"
+    overrides = {}
+    if args.database:
+        overrides["database"] = {"url": args.database}
+    return load_config(path, overrides, require_fqdn=False)
+
+
+def _store(config: Config):
+    from trackermail.store import open_store
+
+    return open_store(config.database.url, pool_size=1)
+
+
+def _run_with_store(config: Config, body: Callable, migrate: bool = False) -> int:
+    """
+    Run C{body(store)} (async) on a started store under a reactor, and
+    return its exit code.
+    """
+    from twisted.internet import task
+
+    result = {"code": 0}
+
+    async def main(reactor):
+        store = _store(config)
+        try:
+            await store.start()
+            if migrate:
+                await store.migrate()
+            else:
+                await _check_schema(store)
+            code = await body(store)
+            result["code"] = code or 0
+        finally:
+            await store.close()
+
+    def runner(reactor):
+        d = Deferred.fromCoroutine(main(reactor))
+
+        def failed(f):
+            result["code"] = 1
+            if f.check(TrackerError):
+                _error(f.getErrorMessage())
+            else:
+                _error(f"unexpected error: {f.getErrorMessage()!s}")
+                f.printTraceback(file=sys.stderr)
+
+        return d.addErrback(failed)
+
+    try:
+        task.react(runner)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return result["code"]
+
+
+async def _check_schema(store) -> None:
+    from trackermail.store import schema
+
+    version = await store.schema_version()
+    if version < schema.latest_version():
+        raise CommandError(
+            f"the database is at schema version {version}, not "
+            f"{schema.latest_version()}: run 'trackermail migrate' first"
+        )
+
+
+def _error(message: str) -> None:
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"trackermail: {line}\n")
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_migrate(args, config):
+    async def body(store):
+        version = await store.schema_version()
+        print(f"schema version {version}")
+
+    return _run_with_store(config, body, migrate=True)
+
+
+def cmd_add_package(args, config):
+    kind = "pseudo" if args.pseudo else "source"
+
+    async def body(store):
+        await store.add_package(args.source, kind, args.binary or ())
+        print(f"{kind} package {args.source}" +
+              (f" with binaries {', '.join(args.binary)}" if args.binary else ""))
+
+    return _run_with_store(config, body)
+
+
+def cmd_import_sources(args, config):
+    from trackermail.sources import open_index, read_index
+
+    size = os.path.getsize(args.file) if os.path.exists(args.file) else 0
+    bar = Progress(sys.stderr, size)
+    started = time.monotonic()
+    stream = open_index(args.file)
+    try:
+        entries = list(read_index(stream, progress=bar.update))
+    except (OSError, EOFError) as e:
+        raise CommandError(f"{args.file}: cannot read: {e}")
+    finally:
+        stream.close()
+    bar.done()
+    if not entries:
+        raise CommandError(f"{args.file}: no package paragraphs found")
+
+    async def body(store):
+        sources, binaries = await store.import_sources(entries)
+        elapsed = time.monotonic() - started
+        print(f"imported {sources} source packages and {binaries} binary mappings "
+              f"from {len(entries)} paragraphs in {elapsed:.1f}s")
+
+    return _run_with_store(config, body)
+
+
+def cmd_add_keyword(args, config):
+    async def body(store):
+        await store.add_keyword(args.name, args.default, args.description or "")
+        print(f"keyword {args.name}" + (" (default)" if args.default else ""))
+
+    return _run_with_store(config, body)
+
+
+def cmd_add_team(args, config):
+    async def body(store):
+        await store.add_team(args.slug, args.name, args.owner, public=not args.private)
+        print(f"team {args.slug}")
+
+    return _run_with_store(config, body)
+
+
+def cmd_team_add_package(args, config):
+    async def body(store):
+        await store.team_add_package(args.slug, args.package)
+        print(f"team {args.slug} has package {args.package}")
+
+    return _run_with_store(config, body)
+
+
+def cmd_subscribe(args, config):
+    async def body(store):
+        new = await store.subscribe(args.email, args.package, now=time.time())
+        print(f"{args.email} {'subscribed to' if new else 'was already subscribed to'} "
+              f"{args.package}")
+
+    return _run_with_store(config, body)
+
+
+def cmd_unsubscribe_all(args, config):
+    async def body(store):
+        packages = await store.unsubscribe_all(args.email)
+        if packages:
+            print(f"{args.email} unsubscribed from {', '.join(packages)}")
+        else:
+            print(f"{args.email} had no subscriptions")
+
+    return _run_with_store(config, body)
+
+
+def cmd_dump_subscribers(args, config):
+    async def body(store):
+        dump = await store.dump_subscribers(args.packages)
+        json.dump(dump, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+
+    return _run_with_store(config, body)
+
+
+def cmd_stats(args, config):
+    async def body(store):
+        stats = await store.stats()
+        width = max(len(k) for k in stats.__dataclass_fields__)
+        for key in stats.__dataclass_fields__:
+            print(f"{key.replace('_', ' '):<{width}}  {getattr(stats, key)}")
+
+    return _run_with_store(config, body)
+
+
+def cmd_news(args, config):
+    async def body(store):
+        items = await store.news(args.package, args.limit)
+        for item in items:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.created))
+            print(f"{when}  {item.package:<20}  {item.title}  ({item.created_by})")
+        if not items:
+            print("no news")
+
+    return _run_with_store(config, body)
+
+
+def cmd_analyze_bounce(args, config):
+    from trackermail.bounces.analyzer import analyze_bounce_main
+
+    return analyze_bounce_main(args.files, sys.stdout)
+
+
+class Progress:
+    """
+    A progress bar on a terminal, nothing otherwise.
+    """
+
+    def __init__(self, stream, total: int):
+        self.stream = stream
+        self.total = total
+        self.active = bool(total) and getattr(stream, "isatty", lambda: False)()
+
+    def update(self, position: int) -> None:
+        if not self.active:
+            return
+        fraction = min(1.0, position / self.total) if self.total else 0
+        filled = int(fraction * 40)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (40 - filled)}] {fraction:6.1%}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.active:
+            self.update(self.total)
+            self.stream.write("\n")
+
+
+# ---------------------------------------------------------------------------
+# Wiring
+
+
+COMMANDS: dict[str, Callable] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trackermail",
+        description="Administer a trackermail installation.",
+    )
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        help="TOML configuration (default: ./tracker.toml if present)")
+    parser.add_argument("--database", metavar="URL",
+                        help="override [database] url (sqlite:///PATH or postgresql://...)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name, func, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("migrate", cmd_migrate, "create or upgrade the database schema")
+    p = add("add-package", cmd_add_package, "create a source or pseudo package")
+    p.add_argument("source")
+    p.add_argument("--binary", action="append", metavar="NAME",
+                   help="a binary package built from it (repeatable)")
+    p.add_argument("--pseudo", action="store_true", help="a pseudo package")
+    p = add("import-sources", cmd_import_sources,
+            "import a Debian Sources or Packages index (plain, .gz, .xz)")
+    p.add_argument("file")
+    p = add("add-keyword", cmd_add_keyword, "create a keyword")
+    p.add_argument("name")
+    p.add_argument("--default", action="store_true", help="on by default for new users")
+    p.add_argument("--description", default="")
+    p = add("add-team", cmd_add_team, "create a team")
+    p.add_argument("slug")
+    p.add_argument("--name", required=True)
+    p.add_argument("--owner", required=True, metavar="EMAIL")
+    p.add_argument("--private", action="store_true")
+    p = add("team-add-package", cmd_team_add_package, "add a package to a team")
+    p.add_argument("slug")
+    p.add_argument("package")
+    p = add("subscribe", cmd_subscribe, "subscribe EMAIL to PKG without confirmation")
+    p.add_argument("package")
+    p.add_argument("email")
+    p = add("unsubscribe-all", cmd_unsubscribe_all, "remove every subscription of EMAIL")
+    p.add_argument("email")
+    p = add("dump-subscribers", cmd_dump_subscribers,
+            "print package -> subscribers as JSON")
+    p.add_argument("packages", nargs="*", metavar="PKG")
+    add("stats", cmd_stats, "print counts of what the store holds")
+    p = add("news", cmd_news, "list news items")
+    p.add_argument("package", nargs="?")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("analyze-bounce", cmd_analyze_bounce,
+            "analyze mail files as bounces: one JSON line per file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    for name, (func, help, configure) in COMMANDS.items():
+        p = add(name, func, help)
+        configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _config(args)
+        return args.func(args, config) or 0
+    except (ConfigError, TrackerError) as e:
+        _error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
