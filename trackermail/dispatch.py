@@ -1,0 +1,360 @@
+# -*- test-case-name: tests.test_dispatch -*-
+"""
+Dispatch, the pure part: classification of package mail and the decoration
+of forwarded copies.
+
+Nothing here reads the store or sends mail. The handler classifies a message
+with L{classify}, drops it when L{has_dispatch_loop} or when it is not
+approved, builds each copy's headers with L{forward_headers} and the copy
+itself with L{decorate} (or stores L{header_prefix} next to the original
+bytes once).
+
+Forwarded copies keep the original header block and body byte for byte, so
+DKIM signatures made by the sender still verify: new headers are only ever
+prepended, never merged into a re-serialised message. (A signature that
+"oversigns" a header name we add, such as C{List-Id}, cannot survive any
+forwarding that adds it; that is the signer's intent.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.header import Header
+from typing import Iterable, Sequence
+from urllib.parse import quote
+
+from twisted.logger import Logger
+
+from trackermail.vendor.base import (
+    SkipMessage,
+    has_header,
+    header_value,
+    header_values,
+)
+
+__all__ = [
+    "Classification",
+    "SkipMessage",
+    "MAX_PACKAGES",
+    "LEGACY_KEYWORDS",
+    "classify",
+    "normalise_package",
+    "normalise_keyword",
+    "has_dispatch_loop",
+    "forward_headers",
+    "header_prefix",
+    "decorate",
+]
+
+log = Logger()
+
+#: The most packages one message is forwarded for. Real bug tracker mail
+#: names a handful (a bug filed against several packages); a header listing
+#: thousands is broken or hostile, and forwarding it to every package would
+#: multiply one message into a flood. The first MAX_PACKAGES distinct valid
+#: names are kept, the rest dropped (and logged).
+MAX_PACKAGES = 50
+
+#: Old PTS keyword names and the keywords that replaced them.
+LEGACY_KEYWORDS = {
+    "katie-other": "archive",
+    "buildd": "build",
+    "ddtp": "translation",
+    "cvs": "vcs",
+}
+
+# Debian's rule for package names (Policy 5.6.1), lowercase letters, digits,
+# "+", "-", "."; a length bound keeps hostile values out of headers.
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.\-]{0,99}\Z")
+_KEYWORD = re.compile(r"[a-z0-9][a-z0-9\-]{0,49}\Z")
+# RFC 5322 field names: printable ASCII except ":".
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+# RFC 5322 2.1.1: a line MUST NOT exceed 998 characters.
+_MAX_LINE = 998
+
+
+@dataclass(frozen=True)
+class Classification:
+    """
+    What a message is about.
+
+    @ivar packages: the packages to forward it for, possibly none (the mail
+        is then dropped, or for team mail: it is not automatic mail).
+    @ivar keyword: its keyword; C{default} when nothing said otherwise.
+    @ivar approved: whether it may be forwarded: always for keywords other
+        than C{default}, for C{default} mail only when approved.
+    """
+
+    packages: tuple[str, ...]
+    keyword: str
+    approved: bool
+
+
+def normalise_package(name) -> str | None:
+    """
+    The canonical form of a package name, or L{None} when it is not one.
+    """
+    if not isinstance(name, str):
+        return None
+    name = name.strip().lower()
+    if _PACKAGE.match(name):
+        return name
+    return None
+
+
+def normalise_keyword(keyword) -> str | None:
+    """
+    The canonical form of a keyword (old PTS names mapped to new ones), or
+    L{None} when it is not a keyword name.
+    """
+    if not isinstance(keyword, str):
+        return None
+    keyword = keyword.strip().lower()
+    if not _KEYWORD.match(keyword):
+        return None
+    return LEGACY_KEYWORDS.get(keyword, keyword)
+
+
+def _message_id(msg) -> str:
+    return header_value(msg, "Message-ID", "<no message-id>")[:200]
+
+
+def _clean_packages(msg, names: Iterable) -> tuple[str, ...]:
+    kept: list[str] = []
+    seen = set()
+    dropped = 0
+    capped = False
+    for name in names:
+        package = normalise_package(name)
+        if package is None:
+            dropped += 1
+            continue
+        if package in seen:
+            continue
+        if len(kept) >= MAX_PACKAGES:
+            capped = True
+            break
+        seen.add(package)
+        kept.append(package)
+    if dropped:
+        log.info(
+            "dispatch: ignored {count} invalid package names in {msgid}",
+            count=dropped,
+            msgid=_message_id(msg),
+        )
+    if capped:
+        log.warn(
+            "dispatch: {msgid} names more than {limit} packages;"
+            " forwarding for the first {limit} only",
+            msgid=_message_id(msg),
+            limit=MAX_PACKAGES,
+        )
+    return tuple(kept)
+
+
+def _vendor_classify(msg, vendor, package, keyword):
+    try:
+        packages, keyword = vendor.classify(msg, package, keyword)
+    except SkipMessage:
+        raise
+    except Exception:
+        # A vendor rule tripping over odd input must not lose the mail: it
+        # is classified as if the vendor had no rule for it.
+        log.failure(
+            "dispatch: vendor {vendor} failed on {msgid}",
+            vendor=getattr(vendor, "name", vendor),
+            msgid=_message_id(msg),
+        )
+        return ((package,) if package else ()), keyword
+    if isinstance(packages, str):
+        packages = (packages,)
+    elif packages is None:
+        packages = ()
+    return packages, keyword
+
+
+def _approve_default(msg, vendor) -> bool:
+    if has_header(msg, "X-Distro-Tracker-Approved"):
+        return True
+    try:
+        return bool(vendor.approve_default(msg))
+    except Exception:
+        log.failure(
+            "dispatch: vendor {vendor} approve_default failed on {msgid}",
+            vendor=getattr(vendor, "name", vendor),
+            msgid=_message_id(msg),
+        )
+        return False
+
+
+def classify(msg, vendor, address_package=None, address_keyword=None) -> Classification:
+    """
+    Find which packages a message is about, under which keyword, and whether
+    it may be forwarded.
+
+    The address (C{dispatch+PKG_KEYWORD@}) decides first; what it leaves
+    open comes from the C{X-Distro-Tracker-Package} and
+    C{X-Distro-Tracker-Keyword} headers, then the vendor's rules; a message
+    without a keyword is C{default}. Invalid names (from any source) count
+    as absent; old PTS keyword names are mapped to their new names.
+
+    @param vendor: an L{IVendor}.
+    @raise SkipMessage: the vendor says the message must be dropped.
+    """
+    package = normalise_package(address_package)
+    keyword = normalise_keyword(address_keyword)
+    if package is None:
+        package = normalise_package(header_value(msg, "X-Distro-Tracker-Package"))
+    if keyword is None:
+        keyword = normalise_keyword(header_value(msg, "X-Distro-Tracker-Keyword"))
+
+    packages, keyword = _vendor_classify(msg, vendor, package, keyword)
+    packages = _clean_packages(msg, packages)
+    keyword = normalise_keyword(keyword) or "default"
+    approved = keyword != "default" or _approve_default(msg, vendor)
+    return Classification(packages=packages, keyword=keyword, approved=approved)
+
+
+def has_dispatch_loop(msg, fqdn: str) -> bool:
+    """
+    Whether the message was already forwarded by this tracker (it carries
+    C{X-Loop: dispatch@FQDN}): such mail is dropped, not forwarded again.
+    """
+    own = f"dispatch@{fqdn}".lower()
+    for value in header_values(msg, "X-Loop"):
+        if value.strip().strip("<>").strip().lower() == own:
+            return True
+    return False
+
+
+def forward_headers(
+    fqdn: str,
+    package: str | None,
+    keyword: str,
+    *,
+    team: str | None = None,
+    direct: bool = True,
+    vendor_headers: Sequence[tuple[str, str]] = (),
+    unsubscribe_url: str | None = None,
+) -> list[tuple[str, str]]:
+    """
+    The headers of a forwarded copy, in the order they are prepended.
+
+    @param package: the package it is forwarded for, or L{None} for mail to
+        a team (no C{X-Distro-Tracker-Package}, no C{List-Id}).
+    @param team: the team slug, for the copies sent to a team's members.
+    @param direct: whether the copy goes to direct subscribers of the
+        package (they get C{Precedence: list} and C{List-Unsubscribe}).
+    @param vendor_headers: the vendor's C{extra_headers}, appended last.
+    @param unsubscribe_url: an HTTP(S) one-click unsubscribe URL (RFC 8058),
+        offered before the C{mailto:} form.
+    """
+    headers = [("X-Loop", f"dispatch@{fqdn}")]
+    if package:
+        headers.append(("X-Distro-Tracker-Package", package))
+    headers.append(("X-Distro-Tracker-Keyword", keyword))
+    if package:
+        headers.append(("List-Id", f"<{package}.{fqdn}>"))
+    if direct and package:
+        headers.append(("Precedence", "list"))
+        mailto = (
+            f"<mailto:control@{fqdn}?body=unsubscribe%20{quote(package, safe='')}>"
+        )
+        if unsubscribe_url:
+            headers.append(("List-Unsubscribe", f"<{unsubscribe_url}>, {mailto}"))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        else:
+            headers.append(("List-Unsubscribe", mailto))
+    if team:
+        headers.append(("X-Distro-Tracker-Team", team))
+    headers.extend(vendor_headers)
+    return headers
+
+
+def line_ending(raw: bytes) -> bytes:
+    """
+    The line ending the message uses (that of its first line), CRLF when it
+    has no line break at all.
+    """
+    end = raw.find(b"\n")
+    if end > 0 and raw[end - 1 : end] == b"\r":
+        return b"\r\n"
+    if end >= 0:
+        return b"\n"
+    return b"\r\n"
+
+
+def _message_start(raw: bytes) -> int:
+    # A file from an mbox or a pipe may begin with the "From sender date"
+    # envelope line, which is no header: the copy's headers must go after
+    # it is removed, or the copy would start with a malformed header.
+    if raw.startswith(b"From "):
+        end = raw.find(b"\n")
+        return len(raw) if end < 0 else end + 1
+    return 0
+
+
+def _sanitise_value(value) -> str:
+    if value is None:
+        value = ""
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    # CR and LF would start a new header (header injection); other controls
+    # are invalid in header text.
+    return _CONTROLS.sub(" ", value).strip()
+
+
+def _render_header(name: str, value, eol: bytes) -> bytes:
+    bname = name.encode("ascii", "strict") if name.isascii() else b""
+    if not _FIELD_NAME.match(bname):
+        raise ValueError(f"invalid header name {name!r}")
+    text = _sanitise_value(value)
+    if (
+        text.isascii()
+        and "=?" not in text
+        and len(name) + 2 + len(text) <= _MAX_LINE
+    ):
+        return bname + b": " + text.encode("ascii") + eol
+    # Non-ASCII text, text that would read as an encoded word, or a value
+    # too long for one line: RFC 2047 encoded words, folded.
+    encoded = Header(text, "utf-8", header_name=name).encode(
+        linesep=eol.decode("ascii")
+    )
+    return bname + b": " + encoded.encode("ascii") + eol
+
+
+def header_prefix(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
+    """
+    The header lines L{decorate} prepends to C{raw}, in C{raw}'s own line
+    ending.
+
+    Storing this prefix and the original bytes separately lets a fan-out
+    keep one copy of the message for every variant of its headers.
+
+    @raise ValueError: a header name is not a valid field name (a
+        programming error: names come from our own code).
+    """
+    eol = line_ending(raw)
+    return b"".join(_render_header(name, value, eol) for name, value in headers)
+
+
+def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
+    """
+    The forwarded copy: C{headers} prepended to the original message.
+
+    The original header block and body follow unchanged, byte for byte (so
+    DKIM signatures still verify). Header values are sanitised: CR, LF and
+    other control characters become spaces, non-ASCII text is RFC 2047
+    encoded. A leading mbox C{From } line is not part of the message and is
+    left out. C{raw} is copied once, into the result.
+    """
+    prefix = header_prefix(raw, headers)
+    start = _message_start(raw)
+    if start:
+        return b"".join((prefix, memoryview(raw)[start:]))
+    return prefix + raw
