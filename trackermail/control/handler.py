@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.control.test_handler -*-
+"""
+The C{control@FQDN} service: one control mail in, one reply (and the
+confirmation mails it asks for) out.
+
+L{handle_control} is a store program: the processor runs it in the same
+transaction as the processed-ledger row, so the changes a mail makes, its
+reply and its CONFIRM mails are committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import chain
+
+from trackermail.control import texts
+from trackermail.control.commands import Session, describe, execute, reserve_key
+from trackermail.control.parser import (
+    MAX_COMMANDS,
+    MAX_ERRORS,
+    SKIP,
+    STOP,
+    Command,
+    NotCommand,
+    lines_of,
+    parse,
+    plain_text,
+    subject_line,
+)
+from trackermail.errors import InvalidValue
+from trackermail.mail import address_of, build_mail, header, headers_all
+from trackermail.processing import Outcome
+from trackermail.store import ops
+from trackermail.validation import normalize_email
+
+_MSGID = re.compile(r"<[^<>\s]{1,250}>")
+_MAX_REFERENCES = 10
+_MAX_SUBJECT = 150
+
+
+def handle_control(incoming, ctx):
+    """
+    Read a control mail, run its commands, queue the reply and the
+    confirmation mails. Fires with an L{Outcome}: C{dropped} (never
+    answered, with the reason), C{ignored} (no command in it) or
+    C{replied}.
+    """
+    msg = incoming.msg
+    control = f"control@{ctx.fqdn}"
+    reason = drop_reason(incoming, control)
+    if reason is not None:
+        return Outcome("dropped", reason)
+    sender = sender_address(incoming)
+    if sender is None:
+        return Outcome("dropped", "no usable sender address")
+    if sender.lower().endswith("@" + ctx.fqdn.lower()):
+        return Outcome("dropped", "mail from the tracker's own domain")
+
+    session = Session(ctx, sender)
+    subject = subject_line(msg)
+    text = plain_text(msg)
+    out, commands = yield from transcript(session, subject, text or "")
+    if text is None:
+        out += [texts.NO_PLAIN_TEXT, ""]
+    elif commands == 0:
+        return Outcome("ignored", "no command in the mail")
+
+    cc = []
+    sent = 0
+    for pending in session.pending.values():
+        if not pending.allowed or not pending.commands:
+            continue
+        key, listed = yield from reserve_key(
+            pending.email, pending.commands, ctx.now, session.expiry
+        )
+        body = texts.confirmation_body(
+            requester=sender,
+            email=pending.email,
+            fqdn=ctx.fqdn,
+            control=control,
+            key=key,
+            lines=[describe(c) for c in listed],
+            days=ctx.config.control.confirmation_expiry_days,
+        )
+        mail = build_mail(
+            fqdn=ctx.fqdn,
+            from_=control,
+            to=pending.email,
+            subject=texts.CONFIRMATION_SUBJECT.format(key=key),
+            body=body,
+            headers=_bot_headers(control),
+            now=ctx.now,
+        )
+        yield from ops.enqueue(mail, [(pending.email, "")], ctx.now)
+        sent += 1
+        if pending.email.lower() != sender.lower():
+            cc.append(pending.email)
+
+    while out and out[-1] == "":
+        out.pop()
+    body = "\n".join(out + [""] + texts.reply_footer(ctx.fqdn, control)) + "\n"
+    reply = build_mail(
+        fqdn=ctx.fqdn,
+        from_=control,
+        to=sender,
+        cc=cc,
+        subject="Re: " + texts.show(subject or "(no subject)", _MAX_SUBJECT),
+        body=body,
+        headers=_bot_headers(control) + _thread_headers(msg),
+        now=ctx.now,
+    )
+    yield from ops.enqueue(reply, [(sender, "")] + [(c, "") for c in cc], ctx.now)
+    return Outcome(
+        "replied",
+        f"{commands} commands",
+        {"commands": commands, "confirmations": sent},
+    )
+
+
+def transcript(session: Session, subject: str, text: str):
+    """
+    Run the Subject and the body's lines; fires with C{(lines, commands)}:
+    the reply's lines and how many command lines were read.
+
+    A Subject that is not a command is ignored (it is usually just a
+    subject); body lines that are not commands are echoed, answered and
+    counted, and the fifth stops the reading.
+    """
+    out: list[str] = []
+    seen: set = set()
+    errors = commands = 0
+    lines = chain([(True, subject)], ((False, line) for line in lines_of(text)))
+    for from_subject, line in lines:
+        parsed = parse(line)
+        if parsed is SKIP:
+            continue
+        if from_subject and not isinstance(parsed, Command):
+            continue
+        if isinstance(parsed, Command) and commands >= MAX_COMMANDS:
+            out.append(texts.STOP_TOO_MANY.format(n=MAX_COMMANDS))
+            break
+        out.append(texts.echo(line))
+        if parsed is STOP:
+            out.append(texts.STOP_QUIT)
+            break
+        if isinstance(parsed, NotCommand):
+            out.append(texts.LINE_TOO_LONG if parsed.too_long else texts.NOT_A_COMMAND)
+            errors += 1
+            if errors >= MAX_ERRORS:
+                out.append(texts.STOP_ERRORS.format(n=MAX_ERRORS))
+                break
+            out.append("")
+            continue
+        commands += 1
+        key = session.dedup_key(parsed)
+        if key in seen:
+            out.append(texts.DUPLICATE)
+        else:
+            seen.add(key)
+            out.extend((yield from execute(session, parsed)))
+        out.append("")
+    return out, commands
+
+
+def drop_reason(incoming, control: str) -> str | None:
+    """
+    Why this mail must get no answer at all (a loop, an automatic mail:
+    RFC 3834), or None.
+    """
+    msg = incoming.msg
+    for value in headers_all(msg, "X-Loop"):
+        if control.lower() in value.lower():
+            return f"X-Loop: {control}"
+    auto = header(msg, "Auto-Submitted", "").split(";")[0].strip().lower()
+    if auto and auto != "no":
+        return "Auto-Submitted: " + texts.show(auto, 40)
+    precedence = header(msg, "Precedence", "").strip().lower()
+    if precedence in ("bulk", "junk", "list"):
+        return f"Precedence: {precedence}"
+    if incoming.envelope_from == "":
+        return "null envelope sender"
+    return None
+
+
+def sender_address(incoming) -> str | None:
+    """The address to answer: From:, else the envelope sender; None when neither is valid."""
+    for candidate in (address_of(header(incoming.msg, "From", "")), incoming.envelope_from):
+        if not candidate:
+            continue
+        try:
+            return normalize_email(candidate)
+        except InvalidValue:
+            continue
+    return None
+
+
+def _bot_headers(control: str) -> list[tuple[str, str]]:
+    return [("X-Loop", control), ("Auto-Submitted", "auto-replied")]
+
+
+def _thread_headers(msg) -> list[tuple[str, str]]:
+    msgid = _MSGID.fullmatch(header(msg, "Message-ID", "").strip())
+    if msgid is None:
+        return []
+    references = _MSGID.findall(header(msg, "References", ""))
+    references = references[-(_MAX_REFERENCES - 1):] + [msgid.group(0)]
+    return [("In-Reply-To", msgid.group(0)), ("References", " ".join(references))]
