@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_processing -*-
+"""
+The per-message pipeline: parse, find the delivery address, route to the
+service's handler, commit.
+
+A handler is a store program (see L{trackermail.store.sql}): a generator
+function C{handler(incoming, ctx)} that reads the store, decides, and
+writes its effects (state changes, outbox rows, news) by yielding SQL. The
+processor runs it in ONE transaction together with the processed-ledger row
+for the message's digest, so a message is either fully processed or not at
+all, and a message seen again after a crash between commit and unlink is
+recognised and not processed twice.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from trackermail import routing
+from trackermail.config import Config
+from trackermail.errors import PermanentFailure, TemporaryFailure, TrackerError
+from trackermail.mail import header
+from trackermail.store import ops
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """
+    A received message as handlers see it.
+    """
+
+    raw: bytes
+    msg: EmailMessage
+    route: Any  # routing.Route
+    envelope_from: str | None  # "" for the null sender, None when unknown
+    digest: str
+    msgid: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """
+    What a handler may know besides the message: configuration, the vendor
+    rules, and the time (handlers never read the clock themselves).
+    """
+
+    config: Config
+    vendor: Any
+    now: float
+
+    @property
+    def fqdn(self) -> str:
+        return self.config.tracker.fqdn
+
+    @property
+    def today(self) -> str:
+        return datetime.fromtimestamp(self.now, timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """
+    What a handler did, for the log: C{action} is a short verb
+    (C{forwarded}, C{dropped}, C{replied}, ...).
+    """
+
+    action: str
+    detail: str = ""
+    fields: dict = field(default_factory=dict)
+
+
+class UnknownService(PermanentFailure):
+    """The delivery address routes to a service nobody implements."""
+
+
+class UnparsableMessage(PermanentFailure):
+    """The bytes are not a mail message at all."""
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    """
+    Parse bytes into an EmailMessage. Broken MIME and undecodable headers do
+    not raise here (the email package records defects); only input that is
+    not a message at all does.
+    """
+    if not raw.strip():
+        raise UnparsableMessage("empty message")
+    try:
+        return email.message_from_bytes(raw, policy=email.policy.default)
+    except Exception as e:  # pragma: no cover - the parser is very forgiving
+        raise UnparsableMessage(f"cannot parse message: {e}")
+
+
+def envelope_sender(msg) -> str | None:
+    value = header(msg, "Return-Path", None)
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    return value.strip()
+
+
+class Processor:
+    """
+    Runs messages through the pipeline. C{handlers} maps a service name
+    (C{control}, C{dispatch}, C{team}, C{bounces}) to a handler.
+    """
+
+    def __init__(self, config: Config, store, handlers: dict[str, Callable],
+                 vendor=None, clock=None, ready: Callable[[], Deferred] | None = None):
+        self.config = config
+        self._ready = ready
+        self.store = store
+        self.handlers = dict(handlers)
+        self.vendor = vendor
+        self._now = (clock.seconds if clock is not None else time.time)
+
+    def prepare(self, raw: bytes) -> Incoming:
+        """
+        Parse and route: everything before the store. Raises
+        L{PermanentFailure} for a message that can never be processed.
+        """
+        msg = parse_message(raw)
+        fqdn = self.config.tracker.fqdn
+        address = routing.find_delivery_address(msg, fqdn)
+        try:
+            route = routing.route_address(
+                address, fqdn, self.config.tracker.accept_unqualified
+            )
+        except routing.Rejection as e:
+            raise PermanentFailure(f"delivery address {address}: {e}")
+        if route.service not in self.handlers:
+            raise UnknownService(f"no handler for service {route.service!r} ({address})")
+        return Incoming(
+            raw=raw,
+            msg=msg,
+            route=route,
+            envelope_from=envelope_sender(msg),
+            digest=hashlib.sha256(raw).hexdigest(),
+            msgid=header(msg, "Message-ID", "").strip(),
+        )
+
+    def process_bytes(self, raw: bytes) -> Deferred:
+        """
+        Process one message; fires with an L{Outcome}, or fails with
+        L{PermanentFailure} / L{TemporaryFailure}.
+        """
+        return Deferred.fromCoroutine(self._process(raw))
+
+    def process_file(self, path: str) -> Deferred:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            # Already processed and removed by another run: nothing to do.
+            from twisted.internet import defer
+
+            return defer.succeed(Outcome("gone", path))
+        except OSError as e:
+            from twisted.internet import defer
+
+            return defer.fail(TemporaryFailure(f"cannot read {path}: {e.strerror}"))
+        return self.process_bytes(raw)
+
+    def context(self, now: float | None = None) -> Context:
+        return Context(self.config, self.vendor, self._now() if now is None else now)
+
+    async def _process(self, raw: bytes) -> Outcome:
+        if self._ready is not None:
+            await self._ready()
+        incoming = self.prepare(raw)
+        ctx = Context(self.config, self.vendor, self._now())
+        handler = self.handlers[incoming.route.service]
+
+        def transaction():
+            fresh = yield from ops.mark_processed(incoming.digest, ctx.now,
+                                                  incoming.route.service)
+            if not fresh:
+                return Outcome("duplicate", "already processed")
+            return (yield from handler(incoming, ctx))
+
+        try:
+            outcome = await self.store.run(transaction)
+        except TrackerError:
+            raise
+        except Exception as e:
+            # A bug or an unexpected driver error: log it with its traceback,
+            # and let the spool retry (then park the message in broken/).
+            log.failure("processing {msgid} failed unexpectedly", msgid=incoming.msgid)
+            raise TemporaryFailure(f"processing failed: {e!r}") from e
+        log.info(
+            "processed {msgid} for {address}: {action} {detail}",
+            msgid=incoming.msgid,
+            address=incoming.route.address,
+            service=incoming.route.service,
+            action=outcome.action,
+            detail=outcome.detail,
+            **{k: v for k, v in outcome.fields.items()
+               if k not in ("msgid", "address", "service", "action", "detail")},
+        )
+        return outcome
