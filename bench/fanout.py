@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""
+Fan-out benchmark: how fast can deliveries leave for the smarthost?
+
+Starts Postfix's smtp-sink on a loopback port (or, when Postfix is not
+installed, a small Twisted sink in a subprocess), then sends N deliveries of
+a 4 KiB message, each with its own envelope sender and one recipient (VERP,
+the way the tracker forwards), once per row:
+
+  smtplib   Python's smtplib.SMTP on one persistent connection: how
+            distro-tracker and Mailman send (the baseline);
+  pool      trackermail.outbound.pool.SMTPPool (8 pipelining connections).
+
+Every run of a row is a fresh child process (its own reactor) against the
+same sink; rows are interleaved --repeat times and the table shows each
+row's median run, so a busy neighbour on a small machine skews all rows
+alike. CPU s/1000 is the sending process's CPU time; the sink's is shown
+apart. Prints a table and writes JSON (default bench/results/fanout.json).
+
+    .venv/bin/python bench/fanout.py [--deliveries 20000] [--connections 8]
+
+Adding a row (the store-backed sender, later): write a function taking a
+L{RowContext} and returning a L{RowResult} (plain for blocking code,
+`async def` for Twisted code, which runs under task.react) and list it in
+L{ROWS}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+# -- the sink ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the sink did not start listening on port {port}")
+            time.sleep(0.05)
+
+
+class Sink:
+    """
+    A sink server in a child process; C{cpu_seconds()} reads its CPU time.
+    """
+
+    def __init__(self, kind: str):
+        self.port = free_port()
+        if kind == "auto":
+            kind = "postfix" if shutil.which("smtp-sink") else "twisted"
+        self.kind = kind
+        if kind == "postfix":
+            args = [shutil.which("smtp-sink") or "smtp-sink"]
+            if os.getuid() == 0:
+                args += ["-u", "nobody"]
+            args += ["-m", "512", f"127.0.0.1:{self.port}", "512"]
+            self.description = "Postfix smtp-sink"
+        else:
+            print("Postfix smtp-sink not found; using a Twisted sink in a subprocess "
+                  "(install Postfix for the reference sink: apt-get install postfix)",
+                  file=sys.stderr)
+            args = [sys.executable, "-c",
+                    "import sys; sys.path.insert(0, %r); "
+                    "from tests.support.outbound import run_sink; run_sink(%d)"
+                    % (ROOT, self.port)]
+            self.description = "Twisted sink (tests.support.outbound.run_sink)"
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def cpu_seconds(self) -> float:
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            return ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# -- rows --------------------------------------------------------------------
+
+
+@dataclass
+class RowContext:
+    port: int
+    deliveries: int
+    message: bytes
+    connections: int
+
+    def envelope(self, i: int) -> tuple[str, str]:
+        """
+        Delivery i: a distinct VERP-style sender and one recipient.
+        """
+        rcpt = f"user{i}@example.org"
+        return f"bounces+20260101-user{i}=example.org@tracker.example", rcpt
+
+
+@dataclass
+class RowResult:
+    name: str
+    deliveries: int
+    ok: int
+    seconds: float
+    cpu_seconds: float
+    sink_cpu_seconds: float = 0.0
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        return self.deliveries / self.seconds if self.seconds else float("inf")
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return self.cpu_seconds * 1000 / self.deliveries
+
+    @property
+    def sink_cpu_per_1000(self) -> float:
+        return self.sink_cpu_seconds * 1000 / self.deliveries
+
+
+def row_smtplib(ctx: RowContext) -> RowResult:
+    """
+    The baseline: smtplib.SMTP.sendmail on one persistent connection.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    smtp = smtplib.SMTP("127.0.0.1", ctx.port, local_hostname="tracker.example")
+    smtp.ehlo()
+    ok = 0
+    for i in range(ctx.deliveries):
+        sender, rcpt = ctx.envelope(i)
+        refused = smtp.sendmail(sender, [rcpt], ctx.message)
+        if not refused:
+            ok += 1
+    smtp.quit()
+    return RowResult("smtplib, 1 connection", ctx.deliveries, ok,
+                     time.perf_counter() - t0, time.process_time() - c0)
+
+
+async def row_pool(ctx: RowContext) -> RowResult:
+    """
+    trackermail's SMTPPool: every delivery queued at once, N connections.
+    """
+    from twisted.internet import defer, reactor
+
+    from trackermail.outbound.pool import SMTPPool
+
+    pool = SMTPPool(reactor, "127.0.0.1", ctx.port, connections=ctx.connections,
+                    helo="tracker.example")
+    t0, c0 = time.perf_counter(), time.process_time()
+    sends = []
+    for i in range(ctx.deliveries):
+        sender, rcpt = ctx.envelope(i)
+        sends.append(pool.send(sender, [rcpt], ctx.message))
+    results = await defer.gatherResults(sends)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await pool.close()
+    ok = sum(1 for r in results for code, _ in r.values() if code == 250)
+    return RowResult(f"SMTPPool, {ctx.connections} connections", ctx.deliveries, ok,
+                     seconds, cpu)
+
+
+# (name, function, is_async). The store-backed sender goes here too.
+ROWS: list[tuple[str, Callable[[RowContext], Any], bool]] = [
+    ("smtplib", row_smtplib, False),
+    ("pool", row_pool, True),
+]
+
+
+# -- driver ------------------------------------------------------------------
+
+
+def make_message(size: int) -> bytes:
+    head = (
+        b"From: Someone <someone@example.net>\r\n"
+        b"To: dispatch+hello@tracker.example\r\n"
+        b"Subject: Accepted hello 2.10-3 (source) into unstable\r\n"
+        b"Message-ID: <bench.1@example.net>\r\n"
+        b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        b"X-Loop: dispatch@tracker.example\r\n"
+        b"X-Distro-Tracker-Package: hello\r\n"
+        b"X-Distro-Tracker-Keyword: upload-source\r\n"
+        b"List-Id: <hello.tracker.example>\r\n"
+        b"Precedence: list\r\n"
+        b"\r\n"
+    )
+    lines = [head]
+    total = len(head)
+    i = 0
+    while total < size:
+        line = b"%06d The quick brown fox jumps over the lazy dog. " % i
+        line = (line * 2)[: min(76, size - total - 2)] + b"\r\n"
+        lines.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(lines)[:size]
+
+
+def run_child(args: argparse.Namespace) -> int:
+    """
+    Run one row in this (fresh) process and print its result as JSON.
+    """
+    [(name, fn, is_async)] = [row for row in ROWS if row[0] == args.child]
+    ctx = RowContext(args.port, args.deliveries, make_message(args.size), args.connections)
+    if not is_async:
+        result = fn(ctx)
+    else:
+        from twisted.internet import defer, task
+
+        box: list[RowResult] = []
+
+        async def main(reactor: Any) -> None:
+            box.append(await fn(ctx))
+
+        try:
+            task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+        except SystemExit as e:
+            if e.code:
+                raise
+        [result] = box
+    print(json.dumps(asdict(result)))
+    return 0
+
+
+def run_row(name: str, args: argparse.Namespace, sink: Sink) -> RowResult:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name,
+           "--port", str(sink.port), "--deliveries", str(args.deliveries),
+           "--size", str(args.size), "--connections", str(args.connections)]
+    s0 = sink.cpu_seconds()
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE).stdout
+    result = RowResult(**json.loads(out.decode().strip().splitlines()[-1]))
+    result.sink_cpu_seconds = sink.cpu_seconds() - s0
+    return result
+
+
+def median_run(runs: list[RowResult]) -> RowResult:
+    return sorted(runs, key=lambda r: r.per_second)[len(runs) // 2]
+
+
+def print_table(results: list[RowResult], baseline: Optional[RowResult]) -> None:
+    header = (f"{'row':<28} {'deliveries/s':>12} {'CPU s/1000':>10} "
+              f"{'sink CPU s/1000':>15} {'vs smtplib':>10} {'ok':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        ratio = r.per_second / baseline.per_second if baseline else float("nan")
+        print(f"{r.name:<28} {r.per_second:>12.0f} {r.cpu_per_1000:>10.3f} "
+              f"{r.sink_cpu_per_1000:>15.3f} {ratio:>9.2f}x {r.ok:>7}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per row, interleaved; the table shows the median run")
+    parser.add_argument("--sink", choices=("auto", "postfix", "twisted"), default="auto")
+    parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
+                        help="comma-separated rows to run (default: all)")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "fanout.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return run_child(args)
+
+    names = [name for name in args.rows.split(",") if name]
+    unknown = set(names) - {name for name, _, _ in ROWS}
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    sink = Sink(args.sink)
+    runs: dict[str, list[RowResult]] = {name: [] for name in names}
+    try:
+        # Interleaved, so a busy neighbour on the machine hurts every row alike.
+        for i in range(args.repeat):
+            for name in names:
+                print(f"run {i + 1}/{args.repeat}: {name} ...", file=sys.stderr, flush=True)
+                runs[name].append(run_row(name, args, sink))
+    finally:
+        sink.stop()
+
+    results = [median_run(runs[name]) for name in names]
+    baseline = results[names.index("smtplib")] if "smtplib" in names else None
+    print(f"\n{args.deliveries} deliveries of {args.size} bytes, one recipient and a distinct "
+          f"envelope sender each, to {sink.description} on 127.0.0.1; median of "
+          f"{args.repeat} interleaved runs ({os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()})\n")
+    print_table(results, baseline)
+    failed = [r for rs in runs.values() for r in rs if r.ok != r.deliveries]
+    for r in failed:
+        print(f"WARNING: {r.name}: only {r.ok} of {r.deliveries} deliveries got 250",
+              file=sys.stderr)
+
+    def row_json(r: RowResult) -> dict:
+        return dict(asdict(r), deliveries_per_second=round(r.per_second, 1),
+                    cpu_seconds_per_1000=round(r.cpu_per_1000, 4),
+                    sink_cpu_seconds_per_1000=round(r.sink_cpu_per_1000, 4),
+                    ratio_vs_smtplib=(round(r.per_second / baseline.per_second, 2)
+                                      if baseline else None))
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    report = {
+        "benchmark": "fanout",
+        "deliveries": args.deliveries,
+        "message_size": args.size,
+        "connections": args.connections,
+        "repeat": args.repeat,
+        "sink": sink.description,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": [row_json(r) for r in results],
+        "runs": {name: [row_json(r) for r in rs] for name, rs in runs.items()},
+    }
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    print(f"\nwrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
