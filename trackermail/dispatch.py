@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_dispatch -*-
 """
-Dispatch, the pure part: classification of package mail and the decoration
-of forwarded copies.
+Dispatch: classification of package mail, the decoration of forwarded
+copies, and the handlers that plan a fan-out.
 
-Nothing here reads the store or sends mail. The handler classifies a message
+The functions up to the handlers are pure. The handlers (L{handle_dispatch},
+L{handle_team}) are store programs run by the processor. A message
 with L{classify}, drops it when L{has_dispatch_loop} or when it is not
 approved, builds each copy's headers with L{forward_headers} and the copy
 itself with L{decorate} (or stores L{header_prefix} next to the original
@@ -358,3 +359,151 @@ def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
     if start:
         return b"".join((prefix, memoryview(raw)[start:]))
     return prefix + raw
+
+
+# ---------------------------------------------------------------------------
+# The handlers: fan-out planning for dispatch@ and team+SLUG@ mail. These are
+# store programs (see trackermail.processing): they read who wants the mail
+# and write one outbox body plus a delivery row per recipient, in the
+# processor's transaction.
+
+
+def _verp_sender(ctx, email: str, email_id: int) -> str:
+    import datetime as _dt
+
+    from trackermail.bounces import verp
+
+    day = _dt.datetime.fromtimestamp(ctx.now, _dt.timezone.utc).date()
+    return verp.encode(email, day, ctx.config.tracker.secret_key, ctx.fqdn, email_id)
+
+
+def _unsubscribe_url(ctx, package: str, email: str) -> str | None:
+    public = ctx.config.http.public_url
+    if not public or not package:
+        return None
+    from trackermail.signing import make_unsubscribe_token
+
+    token = make_unsubscribe_token(ctx.config.tracker.secret_key, package, email, int(ctx.now))
+    return f"{public.rstrip('/')}/unsubscribe/{token}"
+
+
+def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
+    """
+    The C{(recipient, envelope sender, header prefix)} of every copy.
+    Copies with the same headers share one prefix object; with one-click
+    unsubscribe each direct copy gets its own signed URL.
+    """
+    vendor = ctx.vendor
+    prefixes: dict = {}
+    deliveries = []
+    for email, email_id, team in recipients:
+        url = _unsubscribe_url(ctx, package, email) if team is None else None
+        key = (team, url)
+        prefix = prefixes.get(key)
+        if prefix is None:
+            try:
+                extra = list(vendor.extra_headers(msg, package, keyword, team)) if vendor else []
+            except Exception:
+                log.failure("vendor extra_headers failed")
+                extra = []
+            headers = forward_headers(ctx.fqdn, package, keyword, team=team,
+                                      direct=team is None, vendor_headers=extra,
+                                      unsubscribe_url=url)
+            prefix = header_prefix(raw, headers)
+            if url is None:
+                prefixes[key] = prefix
+        deliveries.append((email, _verp_sender(ctx, email, email_id), prefix))
+    return deliveries
+
+
+def _body_without_envelope_line(raw: bytes) -> bytes:
+    start = _message_start(raw)
+    return raw[start:] if start else raw
+
+
+def handle_dispatch(incoming, ctx):
+    """
+    Store program for mail to C{dispatch[+PKG[_KW]]@} (and unqualified
+    C{PKG[_KW]@}): classify, record news, fan out.
+    """
+    from trackermail.news import news_for
+    from trackermail.processing import Outcome
+    from trackermail.store import ops
+
+    msg = incoming.msg
+    if has_dispatch_loop(msg, ctx.fqdn):
+        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
+    route = incoming.route
+    try:
+        found = classify(msg, ctx.vendor, getattr(route, "package", None),
+                         getattr(route, "keyword", None))
+    except SkipMessage as e:
+        return Outcome("dropped", f"the vendor rules skip it ({e})")
+    if not found.packages:
+        return Outcome("dropped", "no package could be found for it")
+    if not found.approved:
+        return Outcome("dropped", "default mail that is not approved",
+                       {"packages": list(found.packages)})
+
+    news_count = 0
+    for draft in news_for(msg, incoming.raw, found, ctx.vendor):
+        if not draft.create_package:
+            if (yield from ops.package_id(draft.package)) is None:
+                continue
+        yield from ops.add_news(draft.package, draft.title, draft.content,
+                                draft.content_type, draft.created_by, ctx.now,
+                                create_package=draft.create_package)
+        news_count += 1
+
+    raw = _body_without_envelope_line(incoming.raw)
+    seen: set[int] = set()
+    deliveries = []
+    for package in found.packages:
+        recipients = yield from ops.fanout_recipients(package, found.keyword)
+        recipients = [r for r in recipients if r[1] not in seen]
+        seen.update(r[1] for r in recipients)
+        deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
+    if deliveries:
+        yield from ops.enqueue(raw, deliveries, ctx.now)
+        yield from ops.record_sent_ids(sorted(seen), ctx.today)
+    return Outcome(
+        "forwarded" if deliveries else "dropped",
+        f"to {len(deliveries)} recipients" if deliveries else "nobody wants it",
+        {"packages": list(found.packages), "keyword": found.keyword,
+         "recipients": len(deliveries), "news": news_count},
+    )
+
+
+def handle_team(incoming, ctx):
+    """
+    Store program for mail to C{team+SLUG@}: people writing to a team reach
+    its unmuted members (keyword C{contact}); automatic mail about a package
+    is dropped (it reaches team members through dispatch).
+    """
+    from trackermail.processing import Outcome
+    from trackermail.store import ops
+
+    msg = incoming.msg
+    slug = getattr(incoming.route, "team", None) or ""
+    if has_dispatch_loop(msg, ctx.fqdn):
+        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
+    team = yield from ops.get_team(slug)
+    if team is None:
+        return Outcome("dropped", f"there is no team {slug!r}")
+    try:
+        found = classify(msg, ctx.vendor)
+    except SkipMessage as e:
+        return Outcome("dropped", f"the vendor rules skip it ({e})")
+    if found.packages:
+        return Outcome("dropped", "automatic mail about a package",
+                       {"packages": list(found.packages)})
+    rows = yield from ops.team_member_ids(slug)
+    raw = _body_without_envelope_line(incoming.raw)
+    deliveries = plan_deliveries(ctx, raw, msg, [(e, i, slug) for e, i in rows],
+                                 None, "contact")
+    if deliveries:
+        yield from ops.enqueue(raw, deliveries, ctx.now)
+        yield from ops.record_sent_ids([i for _, i in rows], ctx.today)
+    return Outcome("forwarded" if deliveries else "dropped",
+                   f"to {len(deliveries)} members of {slug}",
+                   {"team": slug, "recipients": len(deliveries)})

@@ -167,8 +167,83 @@ def buildService(config: Config, reactor=None) -> service.MultiService:
     return top
 
 
+def default_handlers() -> dict:
+    """
+    The routing table: service name -> handler (a store program). A service
+    routed but missing here fails loudly: its mail goes to failed/.
+    """
+    from trackermail.bounces.policy import handle_bounces
+    from trackermail.control.handler import handle_control
+    from trackermail.dispatch import handle_dispatch, handle_team
+
+    return {
+        "control": handle_control,
+        "dispatch": handle_dispatch,
+        "team": handle_team,
+        "bounces": handle_bounces,
+    }
+
+
+def build_processor(config: Config, store, reactor=None, ready=None):
+    from trackermail.processing import Processor
+    from trackermail.vendor import load_vendor
+
+    return Processor(config, store, default_handlers(),
+                     vendor=load_vendor(config.tracker.vendor), clock=reactor, ready=ready)
+
+
+def _mail_engine(top, config: Config, store_service: StoreService, reactor) -> None:
+    from trackermail.ingress.service import (
+        make_ingress_services,
+        make_spool,
+        make_spool_watcher,
+    )
+
+    spool = make_spool(config, reactor)
+    processor = build_processor(config, store_service.store, reactor,
+                                ready=store_service.when_ready)
+    top.processor = processor
+    top.spool = spool
+    watcher = make_spool_watcher(config, spool, processor.process_file, reactor)
+    watcher.setName("spool")
+    watcher.setServiceParent(top)
+    for svc in make_ingress_services(config, spool, reactor):
+        svc.setServiceParent(top)
+
+
+class _PoolCloser(service.Service):
+    name = "outbound-pool"
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def stopService(self):
+        super().stopService()
+        return self.pool.close()
+
+
+def _outbound(top, config: Config, store_service: StoreService, reactor) -> None:
+    if not config.outbound.enabled:
+        return
+    from trackermail.bounces.policy import permanent_failure
+    from trackermail.outbound.pool import pool_from_config
+    from trackermail.outbound.sender import OutboxSender
+
+    pool = pool_from_config(config.outbound, reactor)
+    _PoolCloser(pool).setServiceParent(top)
+    out = config.outbound
+    sender = OutboxSender(
+        store_service.store, pool, reactor,
+        batch_size=out.batch_size, retry_initial=out.retry_initial,
+        retry_max=out.retry_max, give_up_days=out.give_up_days,
+        on_permanent_failure=permanent_failure(top.processor.context),
+        ready=store_service.when_ready,
+    )
+    sender.setServiceParent(top)
+
+
 # Builders for the rest of the tracker, each adding its named children.
-_PARTS: list = []
+_PARTS: list = [_mail_engine, _outbound]
 
 
 def makeService(options: Options) -> service.MultiService:

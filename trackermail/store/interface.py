@@ -60,6 +60,7 @@ class Delivery:
     sender: str
     attempts: int
     created: float
+    prefix: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ def set_subscription_keywords(email: str, package: str, op: str, names: Iterable
 # default set if edited, else the keywords marked default. :kw is the
 # keyword's id and :kwdefault its default flag.
 _DIRECT = """
-SELECT e.email, e.email_lower FROM subscriptions s
+SELECT e.email, e.email_lower, e.id FROM subscriptions s
 JOIN emails e ON e.id = s.email_id
 WHERE s.package_id = ? AND s.active AND (
   (s.own_keywords AND EXISTS (SELECT 1 FROM subscription_keywords sk
@@ -403,7 +403,7 @@ WHERE s.package_id = ? AND s.active AND (
 """
 
 _TEAM = """
-SELECT e.email, e.email_lower, t.slug FROM team_packages tp
+SELECT e.email, e.email_lower, e.id, t.slug FROM team_packages tp
 JOIN teams t ON t.id = tp.team_id
 JOIN memberships m ON m.team_id = tp.team_id
 JOIN emails e ON e.id = m.email_id
@@ -428,31 +428,40 @@ ORDER BY t.slug
 """
 
 
-def recipients_for(package: str, keyword: str):
+def fanout_recipients(package: str, keyword: str):
     """
-    Who gets mail of C{keyword} about C{package}: fires with
-    C{(direct, team)} where C{direct} is a sorted list of emails and C{team}
-    a sorted list of C{(email, slug)} for team members not already reached
-    directly (each address once, its first team by slug).
+    Who gets mail of C{keyword} about C{package}, each address once: fires
+    with a list of C{(email, email_id, team_slug_or_None)} sorted by
+    address. Direct subscribers come first: an address reached both
+    directly and through a team gets the direct-subscriber copy (team
+    C{None}); team-only members get their first team by slug.
     """
     pid = yield from package_id(package)
     if pid is None:
-        return [], []
+        return []
     krow = yield Row("SELECT id, is_default FROM keywords WHERE name = ?", (keyword,))
     if krow is None:
-        return [], []
+        return []
     kid, kdefault = krow[0], bool(krow[1])
     direct_rows = yield Rows(_DIRECT, (pid, kid, kid, kdefault))
     team_rows = yield Rows(_TEAM, (pid, kid, kid, kid, kdefault))
-    seen = {}
-    for email, lower in direct_rows:
-        seen.setdefault(lower, email)
-    direct = sorted(seen.values(), key=str.lower)
-    team = {}
-    for email, lower, slug in team_rows:
-        if lower not in seen and lower not in team:
-            team[lower] = (email, slug)
-    return direct, sorted(team.values(), key=lambda pair: pair[0].lower())
+    chosen: dict[str, tuple] = {}
+    for email, lower, eid in direct_rows:
+        chosen.setdefault(lower, (email, eid, None))
+    for email, lower, eid, slug in team_rows:
+        chosen.setdefault(lower, (email, eid, slug))
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def recipients_for(package: str, keyword: str):
+    """
+    C{(direct, team)}: a sorted list of emails of direct subscribers and a
+    list of C{(email, slug)} of team members not reached directly.
+    """
+    rows = yield from fanout_recipients(package, keyword)
+    direct = [email for email, _, slug in rows if slug is None]
+    team = [(email, slug) for email, _, slug in rows if slug is not None]
+    return direct, team
 
 
 def subscribers_for(package: str, keyword: str):
@@ -603,6 +612,17 @@ def team_members(slug: str):
         (tid,),
     )
     return [r[0] for r in rows]
+
+
+def team_member_ids(slug: str):
+    """C{(email, id)} of a team's unmuted members, sorted."""
+    tid = yield from _team_id(slug)
+    rows = yield Rows(
+        "SELECT e.email, e.id FROM memberships m JOIN emails e ON e.id = m.email_id "
+        "WHERE m.team_id = ? AND NOT m.muted ORDER BY e.email_lower",
+        (tid,),
+    )
+    return [tuple(r) for r in rows]
 
 
 def set_membership_muted(slug: str, email: str, muted: bool, package: str | None = None):
@@ -771,6 +791,15 @@ def record_sent(emails: Sequence[str], day: str):
     )
 
 
+def record_sent_ids(email_ids: Sequence[int], day: str):
+    """Count one mail sent to each address id on day (one statement per chunk)."""
+    yield Many(
+        "INSERT INTO bounce_stats (email_id, day, sent) VALUES (?, ?, 1) "
+        "ON CONFLICT (email_id, day) DO UPDATE SET sent = bounce_stats.sent + 1",
+        [(i, day) for i in sorted(set(email_ids))],
+    )
+
+
 def record_bounce(email: str, day: str, hard: bool = True):
     eid = yield from email_id(email, create=False)
     if eid is None:
@@ -811,7 +840,9 @@ def trim_bounce_stats(email: str, keep: int):
 
 def enqueue(body: bytes, deliveries: Sequence[tuple[str, str]], now: float):
     """
-    Store C{body} once and one queued delivery per C{(recipient, sender)}.
+    Store C{body} once and one queued delivery per C{(recipient, sender)}
+    or C{(recipient, sender, prefix)}, where C{prefix} are header lines sent
+    before the body for that recipient only.
     Fires with the message id (None when there is nobody to send to).
     """
     if not deliveries:
@@ -821,9 +852,11 @@ def enqueue(body: bytes, deliveries: Sequence[tuple[str, str]], now: float):
         (bytes(body), now),
     )
     yield Many(
-        "INSERT INTO outbox_deliveries (message_id, recipient, sender, next_attempt, created) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(mid, r, s, now, now) for r, s in deliveries],
+        "INSERT INTO outbox_deliveries "
+        "(message_id, recipient, sender, next_attempt, created, prefix) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(mid, d[0], d[1], now, now, bytes(d[2]) if len(d) > 2 and d[2] else None)
+         for d in deliveries],
     )
     yield Notify("outbox")
     return mid

@@ -1,0 +1,149 @@
+"""
+The bounce policy: counting bounces to signed VERP addresses and
+unsubscribing addresses that bounce everything for several days.
+"""
+
+import datetime
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
+from trackermail.bounces import verp
+from trackermail.bounces.policy import permanent_failure
+from trackermail.store import ops
+
+DAY = 86400
+
+
+def dsn(rcpt: str, status: str = "5.1.1", text: str = "User unknown") -> bytes:
+    code = "550" if status.startswith("5") else "452"
+    return (
+        "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n"
+        "Remote-MTA: dns; mail.example.net\r\n"
+        f"Diagnostic-Code: smtp; {code} {status} {text}\r\n"
+        "\r\n--B--\r\n"
+    ).encode()
+
+
+class BouncePolicyTests(SynchronousTestCase):
+    def setUp(self):
+        self.processor, self.store, self.clock = make_pipeline(self)
+        self.secret = self.processor.config.tracker.secret_key
+        self.run = lambda program, *a: self.successResultOf(self.store.run(program, *a))
+        self.run(ops.subscribe, "dead@example.net", "dpkg")
+        self.run(ops.subscribe, "dead@example.net", "apt")
+        self.run(ops.add_team, "qa", "QA", "dead@example.net")
+
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.clock.now, datetime.timezone.utc).date()
+
+    def bounce(self, rcpt="dead@example.net", body=None, day=None, secret=None):
+        address = verp.encode(rcpt, day or self.today(), secret or self.secret, FQDN)
+        return deliver(self, self.processor, address, body or dsn(rcpt))
+
+    def sent_today(self, email="dead@example.net"):
+        self.run(ops.record_sent, [email], self.today().isoformat())
+
+    def test_hard_bounce_is_counted(self):
+        """A hard bounce to a valid VERP address counts for that day."""
+        self.sent_today()
+        outcome = self.bounce()
+        self.assertEqual(outcome.action, "counted")
+        [day] = self.run(ops.bounce_stats, "dead@example.net")
+        self.assertEqual((day.sent, day.bounced), (1, 1))
+
+    def test_soft_bounce_is_recorded_not_counted(self):
+        """A soft bounce (4.x.x) does not count toward unsubscription."""
+        self.sent_today()
+        outcome = self.bounce(body=dsn("dead@example.net", "4.2.2", "Mailbox full"))
+        self.assertEqual(outcome.action, "recorded")
+        [day] = self.run(ops.bounce_stats, "dead@example.net")
+        self.assertEqual(day.bounced, 0)
+
+    def test_forged_tag_is_ignored(self):
+        """A bounce with a tag made with another secret changes nothing."""
+        self.sent_today()
+        outcome = self.bounce(secret="not-our-secret-at-all-000000")
+        self.assertEqual(outcome.action, "dropped")
+        self.assertIn("not a VERP address of ours", outcome.detail)
+        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 0)
+
+    def test_missing_tag_is_ignored(self):
+        """bounces+anything@ without a valid tag is logged and ignored."""
+        outcome = deliver(self, self.processor, f"bounces+dead=example.net@{FQDN}",
+                          dsn("dead@example.net"))
+        self.assertEqual(outcome.action, "dropped")
+
+    def test_spam_rejection_is_not_a_bounce(self):
+        """Our mail refused as spam does not count against the address."""
+        self.sent_today()
+        outcome = self.bounce(body=dsn("dead@example.net", "5.7.1",
+                                       "Message rejected as spam by Content Filtering"))
+        self.assertEqual(outcome.action, "ignored")
+        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 0)
+
+    def test_auto_reply_is_ignored(self):
+        """A vacation reply to the VERP address is not a bounce."""
+        outcome = self.bounce(body=b"From: dead@example.net\r\nSubject: Out of office\r\n"
+                                   b"Auto-Submitted: auto-replied\r\n\r\nI am away.\r\n")
+        self.assertEqual(outcome.action, "ignored")
+
+    def test_unsubscribed_after_bouncing_every_day(self):
+        """Bouncing everything on 4 mail days unsubscribes, mutes and notifies, at once."""
+        for day in range(4):
+            self.sent_today()
+            outcome = self.bounce()
+            if day < 3:
+                self.assertEqual(outcome.action, "counted")
+                self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"),
+                                 ["apt", "dpkg"])
+            self.clock.now += DAY
+        self.assertEqual(outcome.action, "unsubscribed")
+        self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"), [])
+        self.assertEqual(self.run(ops.team_member_ids, "qa"), [])
+        copies = outbox(self, self.store)
+        self.assertEqual(sorted(r for r, _, _ in copies),
+                         ["dead@example.net", f"owner@{FQDN}"])
+        notice = parse(copies[0][2])
+        self.assertEqual(notice["Cc"], f"owner@{FQDN}")
+        text = notice.get_content().replace("\r\n", "\n")
+        self.assertIn("Unsubscribed from these packages:\n  apt\n  dpkg\n", text)
+        self.assertIn("Muted the membership of these teams:\n  qa\n", text)
+
+    def test_a_day_with_a_delivered_mail_keeps_the_address(self):
+        """If one mail on one of the days got through, the address stays."""
+        for day in range(4):
+            self.sent_today()
+            if day == 1:
+                self.sent_today()  # two mails that day, one bounce
+            self.bounce()
+            self.clock.now += DAY
+        self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"), ["apt", "dpkg"])
+
+    def test_stats_are_trimmed(self):
+        """At most max_days_tolerate_bounce days of stats are kept per address."""
+        for day in range(7):
+            self.sent_today()
+            self.clock.now += DAY
+        self.sent_today()
+        self.bounce()
+        self.assertEqual(len(self.run(ops.bounce_stats, "dead@example.net")), 4)
+
+    def test_smarthost_rejection_counts_as_hard_bounce(self):
+        """A 5xx from the smarthost for a fan-out copy counts as a hard bounce."""
+        hook = permanent_failure(self.processor.context)
+        sender = verp.encode("dead@example.net", self.today(), self.secret, FQDN)
+        self.sent_today()
+        self.run(hook, "dead@example.net", sender, 550, "5.1.1 no such user", self.clock.now)
+        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 1)
+        # A control reply (null sender) is not subject to the policy.
+        self.run(hook, "dead@example.net", "", 550, "5.1.1 no such user", self.clock.now)
+        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 1)

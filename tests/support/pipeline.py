@@ -1,0 +1,72 @@
+"""
+A whole pipeline on an in-memory store, for handler tests: feed raw mail,
+read the outbox.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from trackermail.config import config_from_dict
+from trackermail.processing import Processor
+from trackermail.service import default_handlers
+from trackermail.store import ops
+from tests.support.stores import make_memory_store
+
+FQDN = "tracker.example.org"
+NOW = 1_795_000_000.0  # 2026-11-18
+
+
+def make_config(**sections):
+    raw = {"tracker": {"fqdn": FQDN, "secret_key": "test-secret-key-0123456789"}}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config_from_dict(raw)
+
+
+class FakeClock:
+    def __init__(self, now: float = NOW):
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now
+
+
+def make_pipeline(testcase, vendor: str = "debian", **sections):
+    """(processor, store, clock) on a fresh in-memory store."""
+    from trackermail.vendor import load_vendor
+
+    store = make_memory_store(testcase)
+    config = make_config(**sections) if "tracker" in sections else make_config(
+        tracker={"vendor": vendor}, **sections)
+    clock = FakeClock()
+    processor = Processor(config, store, default_handlers(),
+                          vendor=load_vendor(config.tracker.vendor), clock=clock)
+    return processor, store, clock
+
+
+def deliver(testcase, processor, to: str, body: bytes):
+    """Process a message as if spooled for C{to}; return the Outcome."""
+    raw = f"Delivered-To: {to}\r\nReturn-Path: <sender@example.net>\r\n".encode() + body
+    return testcase.successResultOf(processor.process_bytes(raw))
+
+
+def outbox(testcase, store):
+    """[(recipient, sender, parsed copy)] of every queued delivery, in order."""
+    def program():
+        rows = yield ops.Rows(
+            "SELECT d.recipient, d.sender, d.prefix, m.body FROM outbox_deliveries d "
+            "JOIN outbox_messages m ON m.id = d.message_id ORDER BY d.id")
+        return rows
+
+    rows = testcase.successResultOf(store.run(program))
+    result = []
+    for rcpt, sender, prefix, body in rows:
+        data = (bytes(prefix) if prefix else b"") + bytes(body)
+        result.append((rcpt, sender, data))
+    return result
+
+
+def parse(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.default)
