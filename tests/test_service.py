@@ -1,0 +1,126 @@
+"""
+The whole tracker service in-process: LMTP in, the store, the outbox sender
+out to a loopback SMTP sink. What a user of control@ and dispatch@ sees.
+"""
+
+import email
+import email.policy
+import os
+import smtplib
+import time
+
+from twisted.internet import reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.support.outbound import SinkFactory
+from trackermail.config import config_from_dict
+from trackermail.service import buildService
+
+FQDN = "tracker.example.org"
+
+
+async def eventually(predicate, timeout=30.0, what="condition"):
+    """Poll C{predicate} on the reactor until it holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def lmtp_send(port, sender, rcpt, data):
+    client = smtplib.LMTP("127.0.0.1", port)
+    try:
+        client.sendmail(sender, [rcpt], data)
+    finally:
+        client.quit()
+
+
+class TrackerServiceTests(TestCase):
+    timeout = 120
+
+    async def start_tracker(self):
+        self.sink = SinkFactory()
+        sink_port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
+        self.addCleanup(sink_port.stopListening)
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        config = config_from_dict({
+            "tracker": {"fqdn": FQDN, "secret_key": "s" * 40},
+            "spool": {"path": os.path.join(base, "spool"), "rescan_interval": 5},
+            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
+            "smtp": {"listen": []},
+            "lmtp": {"listen": ["tcp:0:interface=127.0.0.1"]},
+            "outbound": {"smarthost": f"127.0.0.1:{sink_port.getHost().port}",
+                         "connections": 2, "retry_initial": 1},
+        })
+        self.top = buildService(config, reactor)
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        lmtp = self.top.getServiceNamed("lmtp:tcp:0:interface=127.0.0.1")
+        port = await lmtp._waitingForPort
+        self.lmtp_port = port.getHost().port
+        self.store = self.top.getServiceNamed("store").store
+        await self.top.getServiceNamed("store").when_ready()
+
+    def mails_to(self, rcpt):
+        found = []
+        for m in self.sink.messages:
+            if rcpt in m.recipients:
+                found.append(email.message_from_bytes(m.data, policy=email.policy.default))
+        return found
+
+    async def test_subscribe_by_mail_and_receive_package_mail(self):
+        """A user subscribes by mail, confirms by replying, then gets package mail."""
+        await self.start_tracker()
+        await self.store.add_package("dpkg")
+        request = (b"From: Jane <jane@example.net>\r\nTo: control@tracker.example.org\r\n"
+                   b"Subject: subscribe dpkg\r\nMessage-ID: <req1@example.net>\r\n\r\n"
+                   b"thanks\r\n")
+        await deferToThread(lmtp_send, self.lmtp_port, "jane@example.net",
+                            f"control@{FQDN}", request)
+        await eventually(lambda: len(self.mails_to("jane@example.net")) >= 2,
+                         what="the reply and the CONFIRM mail")
+        by_subject = {m["Subject"]: m for m in self.mails_to("jane@example.net")}
+        confirm = [m for s, m in by_subject.items() if s.startswith("CONFIRM ")]
+        self.assertEqual(len(confirm), 1, sorted(by_subject))
+        self.assertIn("Re: subscribe dpkg", by_subject)
+        self.assertEqual(await self.store.subscribers_of("dpkg"), [])
+
+        reply = (f"From: jane@example.net\r\nTo: control@{FQDN}\r\n"
+                 f"Subject: Re: {confirm[0]['Subject']}\r\n\r\n").encode()
+        await deferToThread(lmtp_send, self.lmtp_port, "jane@example.net",
+                            f"control@{FQDN}", reply)
+        subscribers = []
+
+        async def subscribed():
+            subscribers[:] = await self.store.subscribers_of("dpkg")
+
+        deadline = time.monotonic() + 30
+        while not subscribers and time.monotonic() < deadline:
+            await subscribed()
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(subscribers, ["jane@example.net"])
+
+        bug = (b"From: rep@example.org\r\nSubject: Bug#1: dpkg broken\r\n"
+               b"Message-ID: <bug1@bugs.example.org>\r\n"
+               b"X-Distro-Tracker-Package: dpkg\r\nX-Distro-Tracker-Keyword: bts\r\n"
+               b"\r\nbroken\r\n")
+        await deferToThread(lmtp_send, self.lmtp_port, "owner@bugs.example.org",
+                            f"dispatch@{FQDN}", bug)
+        await eventually(lambda: any(m["X-Distro-Tracker-Package"] == "dpkg"
+                                     for m in self.mails_to("jane@example.net")),
+                         what="the forwarded bug mail")
+        [copy] = [m for m in self.sink.messages
+                  if m.recipients == ["jane@example.net"] and b"Bug#1" in m.data]
+        self.assertTrue(copy.mail_from.startswith("bounces+"))
+        self.assertTrue(copy.data.rstrip(b"\r\n").endswith(b"broken"))
+
+    async def test_unknown_recipient_refused_at_rcpt(self):
+        """The LMTP server refuses addresses that route nowhere."""
+        await self.start_tracker()
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as e:
+            await deferToThread(lmtp_send, self.lmtp_port, "a@example.net",
+                                f"nobody@{FQDN}", b"Subject: x\r\n\r\nx\r\n")
+        self.assertEqual(e.exception.recipients[f"nobody@{FQDN}"][0], 550)
