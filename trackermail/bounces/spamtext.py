@@ -41,7 +41,7 @@ _MAX_SCAN = 1 << 20
 
 # How far a reply may run on after the line holding its code.
 _MAX_CONTINUATION_LINES = 8
-_MAX_WINDOW = 2000
+_MAX_WINDOW = 1000
 
 # A 55x code standing alone: not part of a longer number or of a dotted
 # status/version, and followed by a blank, a "-" (multi-line reply) or the end.
@@ -60,7 +60,7 @@ _BARE_DIAGNOSTIC_RE = re.compile(
 
 # Each reply found costs at most _MAX_WINDOW characters of scanning; this
 # bounds the work on hostile input full of "550 ".
-_MAX_REPLIES = 500
+_MAX_REPLIES = 200
 
 _NOISE_RE = re.compile(
     r"""
@@ -98,7 +98,7 @@ def _reply_window(lines: list[str], index: int, start: int) -> str:
     The reply whose code is at C{lines[index][start:]}, with the lines that
     continue it, as one line.
     """
-    first = lines[index][start:]
+    first = lines[index][start : start + _MAX_WINDOW]
     code, more = first[:3], first[3:4] == "-"
     parts = [first]
     size = len(first)

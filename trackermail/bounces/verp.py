@@ -5,7 +5,7 @@ Signed VERP envelope senders.
 Every forwarded copy leaves with its own envelope sender, so that a bounce
 says by its address alone who bounced and when::
 
-    bounces+20240131-k3x9q2ab-jane+2Bdebian=example.org@tracker.example
+    bounces+20240131-p6wc4obs-jane+2Bdebian=example.org@tracker.example
             ^date    ^tag     ^recipient: local part "=" domain
 
 The recipient is written with distro-tracker's encoding: C{+XX} (uppercase hex)
@@ -18,7 +18,8 @@ plain RFC 5321 dot-atom that any MTA accepts without quoting.
 
 The tag is a keyed MAC (L{trackermail.signing.keyed_digest} with the
 tracker's C{secret_key}) over the date and the ASCII-lowercased recipient, as
-8 base32 characters (40 bits). Anyone can mail C{bounces+...@}, so a bounce
+8 base32 characters (40 bits: about 10^12 forged bounces to guess one, per
+address and day). Anyone can mail C{bounces+...@}, so a bounce
 whose tag does not verify must be ignored: otherwise anyone could get anyone
 else unsubscribed. Base32 has no C{-}, C{=} or C{+}, and both the tag and the
 escapes are read case-insensitively, because MTAs may change the case of local
@@ -28,7 +29,7 @@ RFC 5321 lets receivers refuse local parts longer than 64 octets, and the
 fixed part above takes 26, so a recipient whose encoding is longer than 38
 octets gets the compact form, which carries the stored id of the address::
 
-    bounces+20240131-7pq2mz4c-4711@tracker.example
+    bounces+20240131-6ebd3vcv-4711@tracker.example
 
 The compact form has no C{=} while the readable form always has exactly one,
 and its tag is made for a different purpose, so neither form can be read as
@@ -268,7 +269,8 @@ def decode_local(local_part_after_plus: str, secret: str) -> VerpInfo:
     """
     Decode and verify the part of a VERP local part after C{bounces+}.
 
-    @param local_part_after_plus: e.g. C{20240131-k3x9q2ab-jane=example.org}.
+    @param local_part_after_plus: the text after C{bounces+}, e.g.
+        C{20240131-p6wc4obs-jane+2Bdebian=example.org}.
     @param secret: the tracker's C{secret_key}.
     @raise InvalidVerp: for anything that is not a genuine VERP address made
         with C{secret}; no other exception escapes for any text.
