@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""
+Control bot benchmark: subscribe + confirm round trips per second.
+
+Starts a real tracker process (as bench/e2e.py does) per backend, then:
+  1. sends K `subscribe pkgN` mails from K different users over LMTP and
+     waits until the K confirmation keys are in the store (and the K replies
+     plus K CONFIRM mails have been handed to the sink);
+  2. sends K `confirm KEY` mails and waits until the K subscriptions are
+     active.
+Reports control mails processed per second for each phase and overall.
+
+    .venv/bin/python bench/control.py [--mails 500] [--backends sqlite,postgresql]
+
+Prints a table and writes bench/results/control.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from e2e import FQDN, PYTHON, ROOT, SEED, Database, Tracker  # noqa: E402
+from fanout import Sink  # noqa: E402
+
+
+def send_all(port: int, mails: list[tuple[str, bytes]]) -> None:
+    client = smtplib.LMTP("127.0.0.1", port)
+    try:
+        for sender, data in mails:
+            client.sendmail(sender, [f"control@{FQDN}"], data)
+    finally:
+        client.quit()
+
+
+def wait_for(db, conn, sql: str, count: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (db.scalar(conn, sql) or 0) >= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def run(backend: str, k: int, sink_kind: str, timeout: float) -> dict:
+    tmp = tempfile.mkdtemp(prefix="trackermail-control-")
+    db = Database(backend, tmp)
+    sink = Sink(sink_kind)
+    tracker = None
+    try:
+        subprocess.run([PYTHON, "-c", SEED, db.url, "0"], check=True, cwd=ROOT)
+        tracker = Tracker(tmp, db.url, sink.port, 4)
+        conn = db.connect()
+        users = [f"user{i}@example.net" for i in range(k)]
+        requests = [
+            (u, (f"From: {u}\r\nTo: control@{FQDN}\r\nSubject: subscribe pkg{i}\r\n"
+                 f"Message-ID: <sub{i}@example.net>\r\n\r\nthanks\r\n").encode())
+            for i, u in enumerate(users)
+        ]
+        t0 = time.time()
+        send_all(tracker.lmtp_port, requests)
+        ok1 = wait_for(db, conn, "SELECT COUNT(*) FROM confirmations", k, timeout)
+        t1 = time.time()
+        keys = dict(db.rows(conn, "SELECT email_lower, confirm_key FROM confirmations"))
+        confirms = [
+            (u, (f"From: {u}\r\nTo: control@{FQDN}\r\nSubject: confirm\r\n"
+                 f"Message-ID: <conf{i}@example.net>\r\n\r\nconfirm {keys.get(u, 'x')}\r\n"
+                 ).encode())
+            for i, u in enumerate(users)
+        ]
+        send_all(tracker.lmtp_port, confirms)
+        ok2 = wait_for(db, conn, "SELECT COUNT(*) FROM subscriptions WHERE active", k, timeout)
+        t2 = time.time()
+        conn.close()
+        return {
+            "backend": backend, "mails": 2 * k, "complete": ok1 and ok2,
+            "subscribe_per_s": round(k / (t1 - t0), 1),
+            "confirm_per_s": round(k / (t2 - t1), 1),
+            "overall_per_s": round(2 * k / (t2 - t0), 1),
+        }
+    finally:
+        if tracker is not None:
+            tracker.stop()
+        sink.stop()
+        db.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="control@ round trips per second")
+    parser.add_argument("--mails", type=int, default=500, help="subscribe requests (K)")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--sink", default="auto", choices=["auto", "postfix", "twisted"])
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "control.json"))
+    args = parser.parse_args(argv)
+    results = [run(b, args.mails, args.sink, args.timeout) for b in args.backends.split(",")]
+    print(f"{'backend':<12}{'mails':>7}{'subscribe/s':>13}{'confirm/s':>11}{'overall/s':>11}")
+    for r in results:
+        flag = "" if r["complete"] else "  INCOMPLETE"
+        print(f"{r['backend']:<12}{r['mails']:>7}{r['subscribe_per_s']:>13}"
+              f"{r['confirm_per_s']:>11}{r['overall_per_s']:>11}{flag}")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
