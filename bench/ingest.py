@@ -55,7 +55,8 @@ def serve_tracker(kind: str, spool_dir: str, fsync: bool) -> None:
     logfile = open(os.path.join(spool_dir, "server.log"), "a")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
     config = config_from_dict({"tracker": {"fqdn": FQDN, "dev": True}}, warn=lambda m: None)
-    spool = Spool(os.path.join(spool_dir, "spool"), fsync=fsync, reactor=reactor)
+    spool = Spool(os.path.join(spool_dir, "spool"), fsync=fsync, reactor=reactor,
+                  sync_method=os.environ.get("BENCH_SYNC_METHOD", "auto"))
     build = build_lmtp_factory if kind == "lmtp" else build_smtp_factory
     port = reactor.listenTCP(0, build(config, spool, reactor), interface="127.0.0.1",
                              backlog=128)
@@ -338,11 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--concurrency", default="1,10,50")
     parser.add_argument("--only", default="", help="comma-separated server names")
+    parser.add_argument("--sync-method", default="auto", choices=["auto", "fsync", "syncfs"],
+                        help="how the tracker's spool syncs a batch (see Spool)")
     parser.add_argument("--with-nofsync", action="store_true",
                         help="also run the tracker's LMTP server without fsync")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "ingest.json"))
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    os.environ["BENCH_SYNC_METHOD"] = args.sync_method
     only = {s for s in args.only.split(",") if s}
 
     if not shutil.which("smtp-sink"):
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
             "messages": args.messages, "size": args.size, "fsync": True,
+            "sync_method": args.sync_method,
             "results": rows, "ratios": ratios,
         }, f, indent=2)
     print(f"\nwrote {args.output}")

@@ -144,8 +144,8 @@ class Spool:
         C{"fsync"} (one fsync per file, run in parallel), C{"syncfs"} (one
         syncfs for the whole batch; flushes the whole file system, so keep
         the spool on a file system of its own if others write a lot), or
-        C{"auto"}: syncfs on Linux >= 5.8 (where it reports write-back
-        errors), fsync elsewhere.
+        C{"auto"}: syncfs for batches of two or more on Linux >= 5.8 (where
+        it reports write-back errors), fsync otherwise.
     @param runner: C{runner(f, *args) -> Deferred} runs the blocking batch
         writer off the reactor thread; tests inject a manual one.
     """
@@ -313,7 +313,8 @@ class Spool:
     def _sync_files(self, fds: list[int]) -> list[tuple[int, OSError]]:
         method = self.sync_method
         if method == "auto":
-            method = "syncfs" if _SYNCFS_OK else "fsync"
+            # One file: its own fsync waits for nobody else's dirty data.
+            method = "syncfs" if (_SYNCFS_OK and len(fds) > 1) else "fsync"
         if method == "syncfs" and _syncfs is not None:
             if _syncfs(fds[0]) == 0:
                 return []
