@@ -110,3 +110,56 @@ class ReadIndexTests(SynchronousTestCase):
         self.assertEqual(list(read_index(io.BytesIO(data))),
                          [("foo", ["libfoo1"]), ("bar", ["bar"]),
                           ("baz", ["baz", "libbaz1", "baz-dev"])])
+
+
+class ProcessCommandTests(SynchronousTestCase):
+    def test_process_files_once(self):
+        """process runs mail files through the pipeline and reports each outcome."""
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        config = os.path.join(d, "t.toml")
+        with open(config, "w") as f:
+            f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
+                    f'[database]\nurl = "sqlite:///{d}/t.sqlite"\n'
+                    f'[spool]\npath = "{d}/spool"\n')
+        self.assertEqual(run("--config", config, "migrate").returncode, 0)
+        run("--config", config, "subscribe", "dpkg", "jane@example.org")
+        good = os.path.join(d, "good.eml")
+        with open(good, "wb") as f:
+            f.write(b"Delivered-To: dispatch+dpkg_bts@tracker.example.org\n"
+                    b"From: a@example.net\nSubject: bug\n\nbody\n")
+        bad = os.path.join(d, "bad.eml")
+        with open(bad, "wb") as f:
+            f.write(b"From: a@example.net\nSubject: no delivery address\n\nbody\n")
+        result = run("--config", config, "process", good, bad)
+        self.assertEqual(result.returncode, 1)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], f"{good}: forwarded to 1 recipients")
+        self.assertTrue(lines[1].startswith(f"{bad}: failed: "))
+        self.assertTrue(os.path.exists(good), "process must not delete the user's files")
+        again = run("--config", config, "process", good)
+        self.assertEqual(again.stdout, f"{good}: duplicate already processed\n")
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_finds_the_plugin(self):
+        """`twistd tracker --help` lists the tracker's options."""
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        result = subprocess.run([twistd, "tracker", "--help"], capture_output=True,
+                                text=True, timeout=60, cwd="/")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in ("--config=", "--fqdn=", "--database=", "--smtp=", "--lmtp=",
+                       "--smarthost=", "--dev"):
+            self.assertIn(option, result.stdout)
+
+    def test_bad_config_is_one_line_usage_error(self):
+        """twistd with a bad config file names the key instead of a traceback."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[outbound]\nstarttls = 'maybe'\n")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        result = subprocess.run([twistd, "-n", "tracker", "--config", path],
+                                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("[tracker] fqdn: required", result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)

@@ -241,6 +241,7 @@ def config_from_dict(
             kwargs[key] = _coerce(name, key, value, getattr(defaults, key))
         sections[name] = cls(**kwargs)
     config = Config(**sections)
+    _check(config, require_fqdn)
     if not config.tracker.secret_key:
         if require_fqdn and not config.tracker.dev:
             raise ConfigError(
@@ -253,7 +254,6 @@ def config_from_dict(
         config = dataclasses.replace(
             config, tracker=dataclasses.replace(config.tracker, secret_key=key)
         )
-    _check(config, require_fqdn)
     return config
 
 
