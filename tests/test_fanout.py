@@ -160,6 +160,28 @@ class DispatchFanoutTests(SynchronousTestCase):
         self.assertTrue(data.endswith(mail))
 
 
+    def test_huge_message_is_forwarded_intact(self):
+        """A 20 MiB bug mail is forwarded byte for byte, its body stored once."""
+        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(ops.subscribe, "bob@example.org", "dpkg")
+        big = BUG_MAIL + (b"y" * 76 + b"\r\n") * (20 * 1024 * 1024 // 78)
+        outcome = deliver(self, self.processor, f"dispatch@{FQDN}", big)
+        self.assertEqual(outcome.fields["recipients"], 2)
+        copies = outbox(self, self.store)
+        self.assertTrue(all(data.endswith(big) for _, _, data in copies))
+
+    def test_five_thousand_packages_are_capped(self):
+        """A bug mail naming 5,000 packages is forwarded for at most 50 of them."""
+        for i in range(60):
+            self.run(ops.subscribe, f"u{i}@example.org", f"pkg{i}")
+        names = " ".join(f"pkg{i}" for i in range(5000)).encode()
+        mail = BUG_MAIL.replace(b"X-Debian-PR-Package: dpkg", b"X-Debian-PR-Package: " + names)
+        mail = mail.replace(b"X-Debian-PR-Source: dpkg\r\n", b"")
+        outcome = deliver(self, self.processor, f"dispatch@{FQDN}", mail)
+        self.assertEqual(len(outcome.fields["packages"]), 50)
+        self.assertEqual(outcome.fields["recipients"], 50)
+
+
 class TeamMailTests(SynchronousTestCase):
     def setUp(self):
         self.processor, self.store, self.clock = make_pipeline(self)
