@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -288,6 +288,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per row, interleaved; the table shows the median run")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the sink and every row on CPU 0 only (no parallelism"
+                             " between sender and sink: the pessimistic figure)")
     parser.add_argument("--sink", choices=("auto", "postfix", "twisted"), default="auto")
     parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
                         help="comma-separated rows to run (default: all)")
@@ -302,6 +305,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = set(names) - {name for name, _, _ in ROWS}
     if unknown:
         parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    if args.pin:
+        # Children and the sink inherit the affinity.
+        os.sched_setaffinity(0, {0})
     sink = Sink(args.sink)
     runs: dict[str, list[RowResult]] = {name: [] for name in names}
     try:
@@ -317,7 +323,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     baseline = results[names.index("smtplib")] if "smtplib" in names else None
     print(f"\n{args.deliveries} deliveries of {args.size} bytes, one recipient and a distinct "
           f"envelope sender each, to {sink.description} on 127.0.0.1; median of "
-          f"{args.repeat} interleaved runs ({os.cpu_count()} CPUs, "
+          f"{args.repeat} interleaved runs ({os.cpu_count()} CPUs"
+          f"{', all work pinned to CPU 0' if args.pin else ''}, "
           f"Python {platform.python_version()})\n")
     print_table(results, baseline)
     failed = [r for rs in runs.values() for r in rs if r.ok != r.deliveries]
@@ -339,6 +346,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "message_size": args.size,
         "connections": args.connections,
         "repeat": args.repeat,
+        "pinned_to_one_cpu": args.pin,
         "sink": sink.description,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),

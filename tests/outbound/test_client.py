@@ -503,17 +503,37 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.conn.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.source.failed[0][0], 421)
 
-    def test_421_mid_transaction(self):
-        """A 421 to RCPT is that recipient's result; the rest of the transaction gets a 4xx."""
+    def test_421_mid_envelope(self):
+        """A 421 before the content was sent closes the session and hands the message back once."""
         self.session()
         d = self.send("s@t.example", ["a@x", "b@x"])
         self.server(b"250 ok\r\n250 ok\r\n421 4.4.2 shutting down\r\n")
         self.assertTrue(self.transport.disconnected)
         self.conn.connectionLost(Failure(ConnectionDone()))
-        results = self.successResultOf(d)
-        self.assertEqual(results["b@x"], (421, "4.4.2 shutting down"))
-        self.assertEqual(results["a@x"][0], 421)
-        self.assertIn("closed the session", results["a@x"][1])
+        self.assertNoResult(d)
+        [[txn]] = self.source.closed
+        self.assertEqual(txn.results, {})
+
+    def test_421_mid_envelope_second_time(self):
+        """A message already handed back once gets 421 for every recipient on the next 421."""
+        self.session()
+        txn = Transaction("s@t.example", ["a@x", "b@x"], b"x\n")
+        txn.requeued = 1
+        self.source.queue.append(txn)
+        self.conn.take_work()
+        self.server(b"421 4.4.2 shutting down\r\n")
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        results = self.successResultOf(txn.deferred)
+        self.assertEqual({code for code, _ in results.values()}, {421})
+        self.assertIn("closed the session: 421 4.4.2 shutting down", results["a@x"][1])
+
+    def test_421_after_content(self):
+        """A 421 as the end-of-data reply is every accepted recipient's (temporary) result."""
+        self.session()
+        d = self.send("s@t.example", ["a@x"])
+        self.server(b"250 ok\r\n250 ok\r\n354 go\r\n421 4.3.0 out of memory\r\n")
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(d), {"a@x": (421, "4.3.0 out of memory")})
 
     def test_unsolicited_421(self):
         """A 421 while idle closes the connection quietly."""
@@ -570,6 +590,16 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         code, text = self.successResultOf(d)["a@x"]
         self.assertEqual(code, 421)
         self.assertIn("protocol error", text)
+
+    def test_short_reply_line(self):
+        """A two-digit reply is a protocol error, not code 25."""
+        self.session()
+        d = self.send("s@t.example", ["a@x"])
+        self.server(b"25\r\n")
+        self.assertTrue(self.transport.disconnected)
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertNoResult(d)
+        self.assertEqual(len(self.source.closed[0]), 1, "handed back for another connection")
 
     def test_endless_reply_line(self):
         """A reply line longer than 64 KiB is a protocol error, not unbounded memory."""

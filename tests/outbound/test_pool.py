@@ -414,24 +414,27 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
         self.assertEqual(sink.messages[0].mail_params, ["SIZE=102", "BODY=8BITMIME"])
         self.assertEqual(sink.count, 1)
 
-    async def test_server_goes_away(self):
+    async def test_nobody_listening(self):
         """Sends to a port nobody listens on get 421 4.4.1."""
-        sink = SinkFactory()
-        port = await self.listen(sink)
-        pool = self.make_pool(port)
-        await pool.send("s@t.example", ["a@x.example"], b"x\n")
-        await pool.close()
-        for p in list(sink.protocols):
-            p.transport.loseConnection()
-        self.flushLoggedErrors()
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        dead_port = closed.getsockname()[1]
-        closed.close()
-        pool = self.make_pool(dead_port)
+        pool = self.make_pool(free_port())
         result = await pool.send("s@t.example", ["a@x.example"], b"x\n")
         self.assertEqual(result["a@x.example"][0], 421)
         self.assertTrue(result["a@x.example"][1].startswith("4.4.1"))
+
+    async def test_server_closes_idle_session(self):
+        """A session the server closed while idle is replaced transparently for the next send."""
+        sink = SinkFactory()
+        pool = self.make_pool(await self.listen(sink), connections=1)
+        await pool.send("s@t.example", ["a@x.example"], b"x\n")
+        closed = Deferred()
+        sink.protocols[0].connectionLost = lambda reason: closed.callback(None)
+        sink.protocols[0].transport.write(b"421 4.4.2 idle timeout\r\n")
+        sink.protocols[0].transport.loseConnection()
+        await closed
+        sink.open -= 1
+        result = await pool.send("s@t.example", ["b@x.example"], b"x\n")
+        self.assertEqual(result["b@x.example"][0], 250)
+        self.assertEqual(sink.connections, 2)
 
 
 class TLSTests(LoopbackMixin, TestCase):

@@ -265,43 +265,42 @@ class SMTPConnection(Protocol):
         if self._reply_timer is not None:
             self._reply_timer.reset(self._settings.timeout)
         buf = self._buffer + data if self._buffer else data
-        start = 0
-        find = buf.find
+        lines = buf.split(b"\n")
+        # The last piece is an incomplete line (usually b"").
+        self._buffer = lines.pop()
         reply_lines = self._reply_lines
         # Writes made while handling these replies go out in one write at
         # the end (with pipelining: one message's content plus the next
         # envelope).
         self._receiving = True
         try:
-            while True:
-                end = find(b"\n", start)
-                if end < 0:
-                    break
-                line = buf[start:end]
-                start = end + 1
+            for line in lines:
                 if line[-1:] == b"\r":
                     line = line[:-1]
-                code = line[:3]
                 sep = line[3:4]
-                if not code.isdigit() or sep not in (b" ", b"-", b""):
+                if sep == b" " or sep == b"":
+                    code = line[:3]
+                    if len(code) != 3 or not code.isdigit():
+                        self._protocol_error("malformed reply line {!r}".format(line[:80]))
+                        break
+                    reply_lines.append(line[4:])
+                    self._reply_lines = []
+                    self._reply(int(code), reply_lines)
+                    reply_lines = self._reply_lines
+                    if self._drop_input or self._aborted:
+                        # After STARTTLS's 220 anything else in this read
+                        # was sent in clear and must not be taken as a
+                        # TLS-protected reply.
+                        self._drop_input = False
+                        self._buffer = b""
+                        break
+                elif sep == b"-" and line[:3].isdigit():  # 4th byte: 3 digits
+                    reply_lines.append(line[4:])
+                else:
                     self._protocol_error("malformed reply line {!r}".format(line[:80]))
-                    break
-                reply_lines.append(line[4:])
-                if sep == b"-":
-                    continue
-                self._reply_lines = []
-                self._reply(int(code), reply_lines)
-                reply_lines = self._reply_lines
-                if self._drop_input or self._aborted:
-                    # After STARTTLS's 220 anything else in this read was
-                    # sent in clear and must not be taken as a TLS-protected
-                    # reply.
-                    self._drop_input = False
-                    start = len(buf)
                     break
         finally:
             self._receiving = False
-        self._buffer = buf[start:] if start < len(buf) else b""
         if len(self._buffer) > MAX_REPLY_BUFFER:
             self._buffer = b""
             self._protocol_error("reply line too long")
@@ -778,6 +777,11 @@ class SMTPConnection(Protocol):
         self.take_work()
 
     def _on_mail(self, txn: Transaction, code: int, lines: list[bytes]) -> None:
+        if code == 421:
+            # The session is closing (often an idle timeout that crossed our
+            # command): nothing about this message, so connectionLost may
+            # hand it to another connection.
+            return
         if code // 100 != 2:
             txn.mail_reply = self._reply_result(code, lines)
             if not self.pipelining:
@@ -785,7 +789,7 @@ class SMTPConnection(Protocol):
 
     def _on_rcpt(self, txn: Transaction, rcpt: str, code: int, lines: list[bytes]) -> None:
         txn.rcpts_pending -= 1
-        if txn.mail_reply is not None:
+        if txn.mail_reply is not None or code == 421:
             return
         if code // 100 == 2:
             txn.accepted.append(rcpt)

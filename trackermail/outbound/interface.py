@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
-# Reply results are (SMTP code, reply text). The text starts with the
-# enhanced status code when there is one, e.g. (250, "2.0.0 Ok: queued as X").
-SendResult = dict  # dict[str, tuple[int, str]]
+# A result is (SMTP code, reply text); the text starts with the enhanced
+# status code when the server gave one, e.g. (250, "2.0.0 Ok: queued as X").
 
 
 class IOutboundTransport(Interface):

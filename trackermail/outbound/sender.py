@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from trackermail import metrics
 from trackermail.outbound import queue
 from trackermail.store.sql import Value
 
@@ -240,15 +241,19 @@ class OutboxSender(service.Service):
                 failed.append((delivery, code, text))
 
         hook = self.on_permanent_failure
+        # What the hook did, counted only once the transaction committed.
+        bounced: list = []
 
         def record():
+            del bounced[:]
             yield from queue.mark_sent(ok, now)
             for delivery, when, code, text in retry:
                 yield from queue.mark_retry(delivery.id, when, code, text)
             for delivery, code, text in failed:
                 yield from queue.mark_failed(delivery.id, now, code, text)
                 if hook is not None and 500 <= code < 600:
-                    yield from hook(delivery.recipient, delivery.sender, code, text, now)
+                    bounced.append((yield from hook(delivery.recipient, delivery.sender,
+                                                    code, text, now)))
 
         for attempt in range(10):
             try:
@@ -265,6 +270,9 @@ class OutboxSender(service.Service):
         self.sent += len(ok)
         self.retried += len(retry)
         self.failed += len(failed)
+        metrics.deliveries(sent=len(ok), retried=len(retry), failed=len(failed))
+        metrics.bounce_counted(sum(1 for b in bounced if b in ("counted", "unsubscribed")))
+        metrics.unsubscribed_by_bounce(bounced.count("unsubscribed"))
         for delivery, when, code, text in retry:
             log.info("delivery to {rcpt} deferred ({code} {text}); next try in {delay:.0f}s",
                      rcpt=delivery.recipient, code=code, text=text, delay=when - now)
