@@ -26,7 +26,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from trackermail import routing
+from trackermail import metrics, routing
 from trackermail.config import Config
 from trackermail.errors import PermanentFailure, TemporaryFailure, TrackerError
 from trackermail.mail import header
@@ -158,7 +158,9 @@ class Processor:
         Process one message; fires with an L{Outcome}, or fails with
         L{PermanentFailure} / L{TemporaryFailure}.
         """
-        return Deferred.fromCoroutine(self._process(raw))
+        d = Deferred.fromCoroutine(self._process(raw))
+        d.addErrback(_count_failure)
+        return d
 
     def process_file(self, path: str) -> Deferred:
         try:
@@ -181,6 +183,7 @@ class Processor:
     async def _process(self, raw: bytes) -> Outcome:
         if self._ready is not None:
             await self._ready()
+        started = time.perf_counter()
         incoming = self.prepare(raw)
         ctx = Context(self.config, self.vendor, self._now())
         handler = self.handlers[incoming.route.service]
@@ -201,6 +204,8 @@ class Processor:
             # and let the spool retry (then park the message in broken/).
             log.failure("processing {msgid} failed unexpectedly", msgid=incoming.msgid)
             raise TemporaryFailure(f"processing failed: {e!r}") from e
+        metrics.processed(incoming.route.service, outcome.action,
+                          time.perf_counter() - started, outcome.fields)
         log.info(
             "processed {msgid} for {address}: {action} {detail}",
             msgid=incoming.msgid,
@@ -212,3 +217,8 @@ class Processor:
                if k not in ("msgid", "address", "service", "action", "detail")},
         )
         return outcome
+
+
+def _count_failure(failure):
+    metrics.processing_failed(permanent=failure.check(PermanentFailure) is not None)
+    return failure

@@ -242,8 +242,18 @@ def _outbound(top, config: Config, store_service: StoreService, reactor) -> None
     sender.setServiceParent(top)
 
 
+def _http(top, config: Config, store_service: StoreService, reactor) -> None:
+    if not config.http.listen:
+        return
+    from trackermail.web import make_http_services
+
+    for svc in make_http_services(config, store_service.store, top.spool, reactor,
+                                  ready=store_service.when_ready):
+        svc.setServiceParent(top)
+
+
 # Builders for the rest of the tracker, each adding its named children.
-_PARTS: list = [_mail_engine, _outbound]
+_PARTS: list = [_mail_engine, _outbound, _http]
 
 
 def makeService(options: Options) -> service.MultiService:

@@ -143,8 +143,10 @@ def permanent_failure(ctx_factory):
     """
 
     def hook(recipient, sender, code, text, now):
+        # Fires with "counted", "unsubscribed" (counted, and the address
+        # removed) or None, for the sender's metrics.
         if is_spam_rejection(f"{code} {text}"):
-            return
+            return None
         ctx = ctx_factory(now)
         day = _day(now)
         if sender:
@@ -152,12 +154,14 @@ def permanent_failure(ctx_factory):
                 info = verp.decode(sender, ctx.config.tracker.secret_key, ctx.fqdn)
                 day = info.day.isoformat()
             except verp.InvalidVerp:
-                return  # not a fan-out copy (a control reply): no bounce policy
+                return None  # not a fan-out copy (a control reply): no bounce policy
         else:
-            return
+            return None
         if (yield from ops.email_id(recipient, create=False)) is None:
-            return
+            return None
         yield from ops.record_bounce(recipient, day, hard=True)
-        yield from evaluate(recipient, ctx, ctx.config.bounces.max_days_tolerate_bounce)
+        removed = yield from evaluate(recipient, ctx,
+                                      ctx.config.bounces.max_days_tolerate_bounce)
+        return "counted" if removed is None else "unsubscribed"
 
     return hook

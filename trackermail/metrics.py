@@ -1,0 +1,268 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+The tracker's Prometheus metrics: one registry for the process, the
+counters and histograms the rest of trackermail feeds through the small
+functions below, and the gauges computed when C{/metrics} is scraped.
+
+Events are counted after their effects are committed: a store program may
+run more than once (PostgreSQL retries serialization failures) or be rolled
+back, so the callers count from the result of C{store.run}, never from
+inside a program.
+
+Series (all prefixed C{trackermail_}):
+
+  - C{messages_received_total{service}}: messages a service took in
+    (duplicates recognised by the ledger are not counted again).
+  - C{messages_processed_total{service,action}}: the same, by outcome
+    (C{forwarded}, C{dropped}, C{replied}, C{duplicate}, ...).
+  - C{processing_failures_total{kind}}: C{temporary} (retried later) or
+    C{permanent} (parked in failed/).
+  - C{processing_seconds{service}}: histogram of the time from routing to
+    commit of a message.
+  - C{deliveries_total{result}}: outbox results, C{sent}, C{retried},
+    C{failed}.
+  - C{bounces_counted_total}, C{confirmations_sent_total},
+    C{unsubscribed_by_bounce_total}, C{unsubscribed_by_link_total}.
+  - At scrape time: C{spool_messages{state}} (C{new}, C{failed},
+    C{broken}), C{outbox_deliveries{state}} (C{queued}, C{sending},
+    C{failed}), C{outbox_oldest_due_age_seconds} (how late the most
+    overdue queued delivery is; 0 when nothing is due), C{store_up}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+__all__ = [
+    "REGISTRY",
+    "message_received",
+    "processed",
+    "processing_failed",
+    "deliveries",
+    "bounce_counted",
+    "confirmation_sent",
+    "unsubscribed_by_bounce",
+    "unsubscribed_by_link",
+    "spool_depth",
+    "StateSnapshot",
+    "render",
+]
+
+# The *_created series double the output and no dashboard of ours uses them.
+disable_created_metrics()
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+_received = Counter(
+    "trackermail_messages_received", "Messages taken in, by service.",
+    ["service"], registry=REGISTRY,
+)
+_processed = Counter(
+    "trackermail_messages_processed", "Messages processed, by service and outcome.",
+    ["service", "action"], registry=REGISTRY,
+)
+_failures = Counter(
+    "trackermail_processing_failures",
+    "Processing attempts that failed: temporary (retried) or permanent (failed/).",
+    ["kind"], registry=REGISTRY,
+)
+_latency = Histogram(
+    "trackermail_processing_seconds", "Time from routing a message to its commit.",
+    ["service"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+_deliveries = Counter(
+    "trackermail_deliveries", "Outbox delivery results: sent, retried, failed.",
+    ["result"], registry=REGISTRY,
+)
+_bounces = Counter(
+    "trackermail_bounces_counted", "Hard bounces counted against an address.",
+    registry=REGISTRY,
+)
+_confirmations = Counter(
+    "trackermail_confirmations_sent", "Confirmation (CONFIRM key) mails queued.",
+    registry=REGISTRY,
+)
+_unsub_bounce = Counter(
+    "trackermail_unsubscribed_by_bounce",
+    "Addresses unsubscribed from everything because all their mail bounced.",
+    registry=REGISTRY,
+)
+_unsub_link = Counter(
+    "trackermail_unsubscribed_by_link",
+    "Subscriptions ended through the one-click unsubscribe link.",
+    registry=REGISTRY,
+)
+
+for _result in ("sent", "retried", "failed"):
+    _deliveries.labels(result=_result)
+for _kind in ("temporary", "permanent"):
+    _failures.labels(kind=_kind)
+
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+def message_received(service: str) -> None:
+    _received.labels(service=service).inc()
+
+
+def processed(service: str, action: str, seconds: float,
+              fields: Mapping[str, Any] | None = None) -> None:
+    """
+    A message was committed by C{service} with outcome C{action} after
+    C{seconds}. Counts it as received unless it was a duplicate, and reads
+    what the services report in their outcome: a bounce C{counted} or
+    C{unsubscribed}, the C{confirmations} a control mail queued.
+    """
+    _processed.labels(service=service, action=action).inc()
+    if action == "duplicate":
+        return
+    message_received(service)
+    _latency.labels(service=service).observe(max(0.0, seconds))
+    if service == "bounces" and action in ("counted", "unsubscribed"):
+        bounce_counted()
+        if action == "unsubscribed":
+            unsubscribed_by_bounce()
+    confirmations = (fields or {}).get("confirmations")
+    if isinstance(confirmations, int) and not isinstance(confirmations, bool):
+        confirmation_sent(confirmations)
+
+
+def processing_failed(permanent: bool) -> None:
+    _failures.labels(kind="permanent" if permanent else "temporary").inc()
+
+
+def deliveries(sent: int = 0, retried: int = 0, failed: int = 0) -> None:
+    for result, n in (("sent", sent), ("retried", retried), ("failed", failed)):
+        if n > 0:
+            _deliveries.labels(result=result).inc(n)
+
+
+def bounce_counted(n: int = 1) -> None:
+    if n > 0:
+        _bounces.inc(n)
+
+
+def confirmation_sent(n: int = 1) -> None:
+    if n > 0:
+        _confirmations.inc(n)
+
+
+def unsubscribed_by_bounce(n: int = 1) -> None:
+    if n > 0:
+        _unsub_bounce.inc(n)
+
+
+def unsubscribed_by_link(n: int = 1) -> None:
+    if n > 0:
+        _unsub_link.inc(n)
+
+
+# ---------------------------------------------------------------------------
+# Scrape-time state
+
+
+def _count(directory: str, skip_suffix: str | None = None) -> int:
+    n = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if skip_suffix and name.endswith(skip_suffix):
+                continue
+            n += 1
+    return n
+
+
+def spool_depth(spool_path: str) -> dict[str, int | None]:
+    """
+    Messages in the spool's C{new/}, C{failed/} and C{broken/} (the reason
+    files next to parked messages are not messages). A directory that
+    cannot be read gives None for its state.
+    """
+    depth: dict[str, int | None] = {}
+    for state in ("new", "failed", "broken"):
+        try:
+            depth[state] = _count(os.path.join(spool_path, state),
+                                  None if state == "new" else ".reason")
+        except OSError:
+            depth[state] = None
+    return depth
+
+
+class StateSnapshot:
+    """
+    The gauges of one scrape: spool depth and the outbox summary (an
+    L{trackermail.store.interface.OutboxSummary}, or None when the store
+    did not answer), read just before rendering.
+    """
+
+    def __init__(self, spool: Mapping[str, int | None] | None, outbox: Any, now: float):
+        self.spool = spool or {}
+        self.outbox = outbox
+        self.now = now
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        spool = GaugeMetricFamily("trackermail_spool_messages",
+                                  "Messages in the spool, by state.", labels=["state"])
+        for state in ("new", "failed", "broken"):
+            value = self.spool.get(state)
+            if value is not None:
+                spool.add_metric([state], value)
+        yield spool
+        yield GaugeMetricFamily("trackermail_store_up",
+                                "1 when the store answered this scrape, else 0.",
+                                value=0 if self.outbox is None else 1)
+        if self.outbox is None:
+            return
+        depth = GaugeMetricFamily("trackermail_outbox_deliveries",
+                                  "Deliveries in the outbox, by state "
+                                  "(queued + sending is the depth).", labels=["state"])
+        for state in ("queued", "sending", "failed"):
+            depth.add_metric([state], getattr(self.outbox, state))
+        yield depth
+        oldest = self.outbox.oldest_due
+        age = 0.0 if oldest is None else max(0.0, self.now - float(oldest))
+        yield GaugeMetricFamily("trackermail_outbox_oldest_due_age_seconds",
+                                "How long the most overdue queued delivery has been due.",
+                                value=age)
+
+
+class _Scrape:
+    def __init__(self, registry: CollectorRegistry, snapshot: StateSnapshot | None):
+        self.registry = registry
+        self.snapshot = snapshot
+
+    def collect(self):
+        yield from self.registry.collect()
+        if self.snapshot is not None:
+            yield from self.snapshot.collect()
+
+
+def render(snapshot: StateSnapshot | None = None, accept: str | None = None,
+           registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """
+    The exposition text of the registry plus C{snapshot}'s gauges, in the
+    format C{accept} (an HTTP Accept header) asks for: Prometheus text
+    unless OpenMetrics is asked for. Returns C{(body, content_type)}.
+    """
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(_Scrape(registry, snapshot)), content_type
