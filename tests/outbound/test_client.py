@@ -815,3 +815,26 @@ class TLSTests(SessionMixin, SynchronousTestCase):
         [(code, text)] = self.source.failed
         self.assertEqual(code, 421)
         self.assertIn("unencrypted", text)
+
+
+class EncodePartsTests(SynchronousTestCase):
+    def test_parts_are_encoded_like_the_whole(self):
+        """A (prefix, body) message is encoded exactly like prefix + body."""
+        from trackermail.outbound.client import encode_chunks
+
+        prefix = b"X-Loop: dispatch@t.example\n"
+        body = b".starts with a dot\r\nline\n.\n" + b"x" * 8000 + b"\n"
+        chunks, size, ascii_only = encode_chunks((prefix, body))
+        self.assertEqual(b"".join(chunks), encode_data(prefix + body))
+        self.assertEqual(size, len(encode_data(prefix + body)) - 3)
+        self.assertTrue(ascii_only)
+
+    def test_shared_body_is_encoded_once(self):
+        """The same large body object is encoded once and reused for every copy."""
+        from trackermail.outbound import client
+
+        body = b"line\n" * 4000
+        first, _, _ = client.encode_chunks((b"A: 1\n", body))
+        second, _, _ = client.encode_chunks((b"A: 2\n", body))
+        self.assertIs(first[1], second[1])
+        self.assertEqual(second[0], b"A: 2\r\n")

@@ -76,6 +76,8 @@ class MemoryOutboundTransport:
         if self.closed:
             whole = (421, "4.3.2 transport closed")
         results = {r: self._result_for(r, whole) for r in recipients}
+        if not isinstance(data, (bytes, bytearray)):
+            data = b"".join(data)  # (prefix, body) parts
         self.sent.append(SentMessage(mail_from, recipients, bytes(data), results))
         if self.hold:
             d: Deferred = Deferred()

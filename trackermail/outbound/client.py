@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Optional, Protocol as TypingProtocol, Sequence
@@ -50,20 +50,13 @@ MAX_REPLY_BUFFER = 65536
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
 
 
-def encode_data(data: bytes) -> bytes:
+def _encode_part(data: bytes) -> bytes:
     """
-    Turn a message into DATA content: every line ending (CRLF, LF or a bare
-    CR, which SMTP does not allow) becomes CRLF, lines starting with "." get
-    another ".", and the result ends with CRLF "." CRLF.
-
-    The whole message is transformed at once, so a "." line is stuffed
-    wherever the transport later splits the bytes.
+    One part of a message as DATA content, without the final "." line:
+    every line ending (CRLF, LF or a bare CR, which SMTP does not allow)
+    becomes CRLF, lines starting with "." get another ".", and the part ends
+    with CRLF. A part always starts at the beginning of a line.
     """
-    global _last_source, _last_encoded
-    if data is _last_source:
-        # A fan-out hands the same body object to every recipient.
-        return _last_encoded
-    source = data
     crlf = data.count(b"\r\n")
     if crlf != data.count(b"\r") or crlf != data.count(b"\n"):
         if crlf or b"\r" in data:
@@ -75,13 +68,62 @@ def encode_data(data: bytes) -> bytes:
         data = data.replace(b"\r\n.", b"\r\n..")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
-    encoded = data + b".\r\n"
-    _last_source, _last_encoded = source, encoded
-    return encoded
+    return data
 
 
-_last_source: object = None
-_last_encoded = b""
+# Encoded large parts by identity: a fan-out hands the same stored body
+# object to every recipient (with a per-recipient header prefix in front),
+# so a 1 MiB body is encoded once, not once per copy. Each entry keeps its
+# source alive, so an id cannot be reused while it is cached.
+_CACHE_MIN = 4096
+_CACHE_ENTRIES = 8
+_cache: "OrderedDict[int, tuple[bytes, bytes, bool]]" = OrderedDict()
+
+
+def _encoded_part(part: bytes) -> tuple[bytes, bool]:
+    if len(part) < _CACHE_MIN:
+        encoded = _encode_part(part)
+        return encoded, encoded.isascii()
+    hit = _cache.get(id(part))
+    if hit is not None and hit[0] is part:
+        _cache.move_to_end(id(part))
+        return hit[1], hit[2]
+    encoded = _encode_part(part)
+    ascii_only = encoded.isascii()
+    _cache[id(part)] = (part, encoded, ascii_only)
+    while len(_cache) > _CACHE_ENTRIES:
+        _cache.popitem(last=False)
+    return encoded, ascii_only
+
+
+def encode_chunks(data) -> tuple[list[bytes], int, bool]:
+    """
+    DATA content of C{data} (bytes, or a sequence of parts each starting at
+    a line boundary, e.g. header prefix + shared body) as a list of chunks
+    ending with the "." line, the content size (without it), and whether
+    it is all ASCII. Dot-stuffing is done on whole parts, so it holds
+    wherever the transport later splits the bytes.
+    """
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+    chunks = []
+    size = 0
+    ascii_only = True
+    for part in parts:
+        if not part:
+            continue
+        encoded, is_ascii = _encoded_part(bytes(part) if not isinstance(part, bytes) else part)
+        chunks.append(encoded)
+        size += len(encoded)
+        ascii_only = ascii_only and is_ascii
+    chunks.append(b".\r\n")
+    return chunks, size, ascii_only
+
+
+def encode_data(data) -> bytes:
+    """
+    C{data} as DATA content ending with CRLF "." CRLF, in one piece.
+    """
+    return b"".join(encode_chunks(data)[0])
 
 
 def _can_write_directly(transport: Any) -> bool:
@@ -111,10 +153,10 @@ class Transaction:
     __slots__ = (
         "mail_from", "recipients", "data", "deferred", "results", "accepted",
         "mail_reply", "data_sent", "rcpts_pending", "requeued", "done", "refused",
-        "_encoded",
+        "_chunks", "_size", "_ascii",
     )
 
-    def __init__(self, mail_from: str, recipients: Sequence[str], data: bytes):
+    def __init__(self, mail_from: str, recipients: Sequence[str], data):
         self.mail_from = mail_from
         # A recipient listed twice gets one copy and one result.
         self.recipients = list(dict.fromkeys(recipients))
@@ -122,7 +164,9 @@ class Transaction:
         self.deferred: Deferred = Deferred()
         self.requeued = 0
         self.done = False
-        self._encoded: Optional[bytes] = None
+        self._chunks: Optional[list[bytes]] = None
+        self._size = 0
+        self._ascii = True
         self.reset()
 
     def reset(self) -> None:
@@ -136,11 +180,26 @@ class Transaction:
         self.refused = False
         self.rcpts_pending = 0
 
+    def _encode(self) -> None:
+        if self._chunks is None:
+            self._chunks, self._size, self._ascii = encode_chunks(self.data)
+
     @property
-    def encoded(self) -> bytes:
-        if self._encoded is None:
-            self._encoded = encode_data(self.data)
-        return self._encoded
+    def chunks(self) -> list[bytes]:
+        """The DATA content, "." line included, as chunks to write in order."""
+        self._encode()
+        return self._chunks
+
+    @property
+    def size(self) -> int:
+        """The content size in octets (for SIZE=), without the "." line."""
+        self._encode()
+        return self._size
+
+    @property
+    def ascii(self) -> bool:
+        self._encode()
+        return self._ascii
 
     def finish(self, fallback: Result) -> None:
         """
@@ -334,8 +393,14 @@ class SMTPConnection(Protocol):
             out = self._out
             self._out = []
             if self.state != _CLOSED and not self._aborted:
-                data = b"".join(out) if len(out) > 1 else out[0]
                 t = self.transport
+                if len(out) > 1 and sum(map(len, out)) > 65536:
+                    # Big message content: hand the pieces over as they are
+                    # rather than copying them into one string per copy.
+                    t.writeSequence(out)
+                    self._update_timers()
+                    return
+                data = b"".join(out) if len(out) > 1 else out[0]
                 if (self._direct and not t._tempDataBuffer and len(t.dataBuffer) <= t.offset
                         and t.connected and not t.disconnecting):
                     # Twisted's write() only buffers and registers for
@@ -709,8 +774,7 @@ class SMTPConnection(Protocol):
         if not recipients:
             txn.finish((554, "5.5.1 no valid recipients"))
             return
-        data = txn.encoded
-        size = len(data) - 3
+        size = txn.size
         if self.max_size and size > self.max_size:
             txn.fail_all((552, "5.3.4 message size {} exceeds the limit of {} ({})".format(
                 size, self.max_size, self._settings.peer)))
@@ -718,7 +782,7 @@ class SMTPConnection(Protocol):
         mail = [b"MAIL FROM:<", sender, b">"]
         if "SIZE" in ext:
             mail.append(b" SIZE=%d" % size)
-        if "8BITMIME" in ext and not data.isascii():
+        if "8BITMIME" in ext and not txn.ascii:
             mail.append(b" BODY=8BITMIME")
         if utf8 and not (txn.mail_from.isascii()
                          and all(r.isascii() for r, _ in recipients)):
@@ -805,7 +869,8 @@ class SMTPConnection(Protocol):
             self._in_data = txn
             if txn.accepted and txn.mail_reply is None:
                 txn.data_sent = True
-                self._write(txn.encoded)
+                for chunk in txn.chunks:
+                    self._write(chunk)
             else:
                 # The server wants content although nobody will get it
                 # (RFC 2920 3.1): end it at once.

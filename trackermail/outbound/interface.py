@@ -29,7 +29,10 @@ class IOutboundTransport(Interface):
             sender C{<>}.
         @param recipients: a sequence of envelope recipients (C{str}).
         @param data: the message as C{bytes}, header and body, sent verbatim
-            apart from line endings (made CRLF) and dot-stuffing.
+            apart from line endings (made CRLF) and dot-stuffing; or a
+            sequence of C{bytes} parts sent one after the other, each
+            starting at a line boundary (a copy's header prefix, then the
+            body shared by a whole fan-out, which is then encoded once).
 
         @return: a C{Deferred} firing with C{dict[str, tuple[int, str]]}:
             recipient -> (SMTP code, text) for every distinct recipient. It

@@ -200,19 +200,23 @@ class OutboxSender(service.Service):
                 # The body vanished (purged by an operator): nothing to send.
                 sends.append(defer.succeed({delivery.recipient: (554, "5.3.0 body missing")}))
                 continue
-            data = delivery.prefix + body if delivery.prefix else body
+            # The shared body object goes to the transport as it is, behind
+            # this copy's own header prefix: the pool encodes it once for
+            # the whole fan-out instead of once per copy.
+            data = (delivery.prefix, body) if delivery.prefix else body
+            size = len(delivery.prefix) + len(body)
             # Bound the bytes handed to the transport at once: a 1 MiB
             # message to 10,000 people must not become 10 GiB in memory.
-            while self._inflight_bytes and self._inflight_bytes + len(data) > self.max_inflight_bytes:
+            while self._inflight_bytes and self._inflight_bytes + size > self.max_inflight_bytes:
                 waiter = Deferred()
                 self._byte_waiters.append(waiter)
                 await waiter
-            self._inflight_bytes += len(data)
+            self._inflight_bytes += size
             d = defer.maybeDeferred(self.transport.send, delivery.sender,
                                     [delivery.recipient], data)
             d.addErrback(lambda f, rcpt=delivery.recipient:
                          {rcpt: (451, f"4.3.0 {f.getErrorMessage()}")})
-            d.addBoth(self._release, len(data))
+            d.addBoth(self._release, size)
             sends.append(d)
         results = await defer.gatherResults(sends, consumeErrors=True)
         await self._record(batch, results)
