@@ -452,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dump-subscribers", cmd_dump_subscribers,
             "print package -> subscribers as JSON")
     p.add_argument("packages", nargs="*", metavar="PKG")
+    from trackermail.importer import cmd_import_distro_tracker, configure_parser
+
+    p = add("import-distro-tracker", cmd_import_distro_tracker,
+            "import a distro-tracker subscriber dump (JSON, plain or UDD format)")
+    configure_parser(p)
     add("stats", cmd_stats, "print counts of what the store holds")
     p = add("news", cmd_news, "list news items")
     p.add_argument("package", nargs="?")
