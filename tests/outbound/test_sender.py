@@ -158,3 +158,21 @@ class TwoNodesOnPostgresTests(TestCase):
         self.assertTrue(ta.sent and tb.sent, "both nodes should have worked")
         summary = await store_a.outbox_summary(1e12)
         self.assertEqual((summary.sent, summary.queued, summary.sending), (2000, 0, 0))
+
+
+class PurgeTests(SynchronousTestCase):
+    def test_sent_deliveries_are_purged_after_a_day(self):
+        """Sent deliveries and their bodies are removed a day later; failed ones stay."""
+        clock = Clock()
+        clock.advance(1_000_000)
+        store = make_memory_store(self)
+        transport = MemoryOutboundTransport()
+        transport.script("bad@example.org", (550, "5.1.1 no"))
+        sender = OutboxSender(store, transport, clock, node="n")
+        self.successResultOf(store.enqueue(BODY, [("a@example.org", "s"),
+                                                  ("bad@example.org", "s")], clock.seconds()))
+        sender.startService()
+        self.addCleanup(sender.stopService)
+        self.assertEqual([s[1] for s in states(self, store)], ["sent", "failed"])
+        clock.advance(86400 + 3600)
+        self.assertEqual(states(self, store), [("bad@example.org", "failed", 1)])

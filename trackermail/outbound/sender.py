@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from trackermail import metrics
+from trackermail.errors import TemporaryFailure
 from trackermail.outbound import queue
 from trackermail.store.sql import Value
 
@@ -73,7 +74,8 @@ class OutboxSender(service.Service):
                  retry_initial: float = 60.0, retry_max: float = 3600.0,
                  give_up_days: float = 5.0, poll_interval: float = 30.0,
                  on_permanent_failure=None, ready=None,
-                 max_inflight_bytes: int = 32 * 1024 * 1024):
+                 max_inflight_bytes: int = 32 * 1024 * 1024,
+                 keep_sent: float = 86400.0):
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = store
@@ -89,6 +91,8 @@ class OutboxSender(service.Service):
         self.on_permanent_failure = on_permanent_failure
         self._ready = ready
         self._bodies = _BodyCache()
+        self.keep_sent = keep_sent
+        self._last_purge = float("-inf")
         self.max_inflight_bytes = max_inflight_bytes
         self._inflight_bytes = 0
         self._byte_waiters: list[Deferred] = []
@@ -159,6 +163,7 @@ class OutboxSender(service.Service):
                 await in_flight
                 in_flight = None
                 continue
+            await self._purge_if_due()
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
@@ -167,6 +172,21 @@ class OutboxSender(service.Service):
             await self._sleep(await self._next_due_in())
         if in_flight is not None:
             await in_flight
+
+    async def _purge_if_due(self) -> None:
+        """
+        Forget sent deliveries (and unused bodies) a day after they went
+        out, at most once an hour: the outbox is a queue, not an archive.
+        Failed deliveries stay for the operator.
+        """
+        now = self.clock.seconds()
+        if now - self._last_purge < 3600:
+            return
+        self._last_purge = now
+        try:
+            await self.store.run(queue.purge_finished, now - self.keep_sent)
+        except Exception as e:
+            log.error("cannot purge sent deliveries: {error}", error=str(e))
 
     async def _next_due_in(self) -> float:
         try:
@@ -259,18 +279,27 @@ class OutboxSender(service.Service):
                     bounced.append((yield from hook(delivery.recipient, delivery.sender,
                                                     code, text, now)))
 
-        for attempt in range(10):
+        attempt = 0
+        while True:
             try:
                 await self.store.run(record)
                 break
             except Exception as e:
                 # The results must not be lost while the database is away:
                 # otherwise the lease would expire and they would be re-sent.
+                # A restart can outlast any fixed number of attempts, so a
+                # temporary failure is retried for as long as we run.
+                attempt += 1
+                if attempt >= 10 and (not self.running
+                                      or not isinstance(e, TemporaryFailure)):
+                    log.error("cannot record {n} results ({error}); giving up",
+                              n=len(batch), error=str(e))
+                    break
                 log.error("cannot record {n} results ({error}); retrying",
                           n=len(batch), error=str(e))
                 from twisted.internet import task
 
-                await task.deferLater(self.clock, min(30, 2 ** attempt), lambda: None)
+                await task.deferLater(self.clock, min(30, 2 ** (attempt - 1)), lambda: None)
         self.sent += len(ok)
         self.retried += len(retry)
         self.failed += len(failed)
