@@ -167,29 +167,45 @@ class Tracker:
                 f'[lmtp]\nlisten = ["tcp:{self.lmtp_port}:interface=127.0.0.1"]\n'
                 f'[outbound]\nsmarthost = "127.0.0.1:{sink_port}"\n'
                 f"connections = {connections}\n"
+                f"batch_size = {os.environ.get('BENCH_BATCH', 2000)}\n"
                 f"[limits]\nmax_message_size = {64 * 1024 * 1024}\n"
             )
         self.log = open(os.path.join(tmp, "twistd.log"), "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "tracker", "--config", self.config],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
-        )
+        command = [TWISTD, "-n", "--pidfile=", "tracker", "--config", self.config]
+        self.profile = os.environ.get("BENCH_PROFILE")
+        if self.profile:
+            # py-spy (pip install py-spy) samples the tracker into an SVG.
+            fmt = "raw" if self.profile.endswith(".txt") else "flamegraph"
+            command = ["py-spy", "record", "-r", "200", "-f", fmt, "-o", self.profile,
+                       "--"] + command
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=tmp)
         wait_for_port(self.lmtp_port, timeout=30)
 
+    @property
+    def pid(self) -> int:
+        if not self.profile:
+            return self.proc.pid
+        children = open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()
+        return int(children[0]) if children else self.proc.pid
+
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
+        with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def peak_rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        with open(f"/proc/{self.pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         return 0.0
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        if self.profile:
+            os.kill(self.pid, signal.SIGTERM)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

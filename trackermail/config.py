@@ -69,7 +69,7 @@ class OutboundSection:
     username: str = ""
     password: str = ""
     helo: str = ""
-    batch_size: int = 500
+    batch_size: int = 2000
     retry_initial: int = 60
     retry_max: int = 3600
     give_up_days: float = 5.0

@@ -368,13 +368,15 @@ def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
 # processor's transaction.
 
 
-def _verp_sender(ctx, email: str, email_id: int) -> str:
+def _verp_signer(ctx):
+    """encode(email, email_id) -> the VERP envelope sender of today's copy."""
     import datetime as _dt
 
     from trackermail.bounces import verp
 
     day = _dt.datetime.fromtimestamp(ctx.now, _dt.timezone.utc).date()
-    return verp.encode(email, day, ctx.config.tracker.secret_key, ctx.fqdn, email_id)
+    secret, fqdn = ctx.config.tracker.secret_key, ctx.fqdn
+    return lambda email, email_id: verp.encode(email, day, secret, fqdn, email_id)
 
 
 def _unsubscribe_url(ctx, package: str, email: str) -> str | None:
@@ -396,6 +398,7 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     vendor = ctx.vendor
     prefixes: dict = {}
     deliveries = []
+    sign = _verp_signer(ctx)
     for email, email_id, team in recipients:
         url = _unsubscribe_url(ctx, package, email) if team is None else None
         key = (team, url)
@@ -412,7 +415,7 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
             prefix = header_prefix(raw, headers)
             if url is None:
                 prefixes[key] = prefix
-        deliveries.append((email, _verp_sender(ctx, email, email_id), prefix))
+        deliveries.append((email, sign(email, email_id), prefix))
     return deliveries
 
 

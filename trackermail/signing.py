@@ -111,13 +111,15 @@ def keyed_digest(secret: str, purpose: str, *fields: str | bytes | int) -> bytes
     @return: the 32-byte digest.
     """
     key = _secret_bytes(secret)
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    pieces = []
     for part in (purpose.encode("utf-8", "surrogatepass"),) + tuple(
         _field_bytes(f) for f in fields
     ):
-        mac.update(len(part).to_bytes(8, "big"))
-        mac.update(part)
-    return mac.digest()
+        pieces.append(len(part).to_bytes(8, "big"))
+        pieces.append(part)
+    # One-shot HMAC (OpenSSL, no Python-level object): a fan-out signs one
+    # VERP address per recipient.
+    return hmac.digest(key, b"".join(pieces), "sha256")
 
 
 def _b64encode(data: bytes) -> str:
