@@ -33,6 +33,61 @@ _DEAD = (psycopg2.OperationalError, psycopg2.InterfaceError, reconnection.Connec
          txpostgres.RollbackFailed)
 
 
+class _StoppableDetector(reconnection.DeadConnectionDetector):
+    """
+    txpostgres' detector, with a reconnection loop that L{stop} ends: the
+    stock one cannot be stopped, so a store closed during an outage would
+    keep retrying and reopen its connections after the close.
+    """
+
+    _stopped = False
+    _call = None
+
+    def startReconnecting(self, f):
+        if self._stopped:
+            return
+        self._delays = iter(self.reconnectionIterator())
+        self._schedule()
+
+    def _schedule(self):
+        try:
+            delay = next(self._delays)
+        except StopIteration:
+            return
+        self._call = self.reactor.callLater(delay, self._attempt)
+
+    def _attempt(self):
+        self._call = None
+        if self._stopped:
+            return
+        d = defer.maybeDeferred(self.reconnect)
+        d.addCallbacks(self._reconnected, self._attempt_failed)
+
+    def _reconnected(self, _):
+        if self._stopped:
+            self._close_quietly()
+            return None
+        d = self.connectionRecovered()
+        d.addErrback(lambda f: log.failure("PostgreSQL recovery handler failed", f))
+        return d
+
+    def _attempt_failed(self, failure):
+        if not self._stopped:
+            self._schedule()
+
+    def _close_quietly(self):
+        try:
+            self.reconnectable.close()
+        except Exception:
+            pass
+
+    def stop(self):
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 def _translate(failure: Failure) -> Failure:
     if failure.check(*_DEAD):
         return Failure(StoreUnavailable(f"PostgreSQL: {failure.getErrorMessage().strip()}"))
@@ -63,7 +118,7 @@ class PostgresStore(StoreBase):
         self._started: Deferred | None = None
 
     def _connection(self):
-        detector = reconnection.DeadConnectionDetector(reactor=self._reactor)
+        detector = _StoppableDetector(reactor=self._reactor)
         conn = txpostgres.Connection(reactor=self._reactor, detector=detector)
         return conn
 
@@ -89,11 +144,13 @@ class PostgresStore(StoreBase):
 
     def close(self) -> Deferred:
         for conn in self._all:
+            conn.detector.stop()
             try:
                 conn.close()
             except Exception:
                 pass
         if self._listener is not None:
+            self._listener.detector.stop()
             try:
                 self._listener.close()
             except Exception:
