@@ -574,6 +574,21 @@ class SMTPIngress(IngressProtocol):
     The ESMTP server on C{[smtp] listen}.
     """
 
+    def _stored(self, results: list[tuple[bool, Any]], keys: list[str], rcpts: list[str],
+                sender: str, queue_id: str) -> None:
+        # SMTP has one reply for the whole transaction: when a copy could not
+        # be stored the client gets 451 and resends to every recipient, so
+        # the copies that were stored must go, or those recipients would get
+        # the message twice. (LMTP answers per recipient and keeps them.)
+        if not all(ok for ok, _ in results):
+            for ok, path in results:
+                if ok and isinstance(path, str):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+        super()._stored(results, keys, rcpts, sender, queue_id)
+
 
 def tls_context_from_files(certificate: str, key: str) -> Any:
     """

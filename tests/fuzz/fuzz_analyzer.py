@@ -1,0 +1,33 @@
+"""
+atheris harness: the bounce analyzer. detect() never raises; its answers
+stay consistent. Seed it with tests/bounces/fixtures (see README).
+"""
+
+import sys
+
+import atheris
+
+import _common  # noqa: F401  (sys.path)
+
+with atheris.instrument_imports():
+    from trackermail.bounces import analyzer
+
+
+def TestOneInput(data: bytes) -> None:
+    analysis = analyzer.detect(data)
+    if not 0.0 <= analysis.score <= 1.0 + 1e-9:
+        raise AssertionError(f"score out of range: {analysis.score}")
+    if analysis.hard not in (True, False, None):
+        raise AssertionError(f"hard is {analysis.hard!r}")
+    analysis.error_for_humans()
+    analysis.status
+    analysis.is_hard()
+    analysis.is_soft()
+    for r in analysis.recipients:
+        if not isinstance(r.address, str):
+            raise AssertionError(f"recipient {r!r}")
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()

@@ -1,0 +1,237 @@
+"""
+The smarthost is down for 10 minutes (of L{task.Clock} time).
+
+The outbox sender keeps every delivery queued and retries it with backoff;
+once the smarthost is back each delivery goes out exactly once. Two ways:
+an in-memory transport scripted by the clock (refusals as 421 replies and as
+failed Deferreds), and the real L{SMTPPool} against a loopback SMTP sink
+whose port is closed, then answers 421 at the greeting, then works.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.support.outbound import MemoryOutboundTransport, SinkFactory
+from tests.support.stores import make_memory_store
+from trackermail.outbound.pool import SMTPPool
+from trackermail.outbound.sender import OutboxSender
+from trackermail.store import ops
+
+T0 = 1_795_000_000.0
+DOWN = 600.0
+BODY = b"Subject: news\r\nMessage-ID: <n1@tracker.example.org>\r\n\r\nhello\r\n"
+
+
+def enqueue(testcase, store, now, rcpts, body=BODY):
+    return testcase.successResultOf(store.enqueue(
+        body, [(r, f"bounces+{i}@tracker.example.org") for i, r in enumerate(rcpts)], now))
+
+
+class DownUntil(MemoryOutboundTransport):
+    """
+    A smarthost that cannot be reached before C{until}: odd attempts get 421
+    replies (what the pool reports for a refused connection), even ones a
+    failed Deferred (a transport that broke its contract).
+    """
+
+    def __init__(self, clock, until):
+        super().__init__()
+        self.clock = clock
+        self.until = until
+        self.refused = collections.Counter()
+        self._calls = 0
+
+    def send(self, mail_from, recipients, data):
+        if self.clock.seconds() < self.until:
+            self._calls += 1
+            for r in recipients:
+                self.refused[r] += 1
+            if self._calls % 2:
+                return defer.succeed(
+                    {r: (421, "4.4.1 cannot connect to smarthost: Connection refused")
+                     for r in recipients})
+            return defer.fail(ConnectionRefusedError("smarthost"))
+        return super().send(mail_from, recipients, data)
+
+
+class ScriptedSmarthostTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        self.store = make_memory_store(self)
+        self.transport = DownUntil(self.clock, T0 + DOWN)
+        self.sender = OutboxSender(self.store, self.transport, self.clock, node="n1",
+                                   batch_size=7, retry_initial=60, retry_max=3600,
+                                   give_up_days=5, poll_interval=30)
+
+    def rows(self):
+        return self.successResultOf(self.store.run(ops.delivery_rows))
+
+    def test_ten_minutes_down_nothing_lost_nothing_twice(self):
+        """Mail queued while the smarthost is down for 10 minutes is delivered once each after it returns."""
+        rcpts = [f"user{i}@example.org" for i in range(20)]
+        enqueue(self, self.store, self.clock.seconds(), rcpts[:15])
+        self.sender.startService()
+        self.addCleanup(self.sender.stopService)
+        # More mail arrives during the outage.
+        self.clock.advance(200)
+        enqueue(self, self.store, self.clock.seconds(), rcpts[15:],
+                body=BODY.replace(b"n1@", b"n2@"))
+
+        while self.clock.seconds() < T0 + DOWN:
+            self.assertEqual(self.transport.delivered, [])
+            self.assertLessEqual({state for _, _, state, *_ in self.rows()}, {"queued", "sending"})
+            self.clock.advance(1)
+
+        # Backoff 60, 120, 240, 480 s: the last retries are due by T0 + 1000.
+        for _ in range(600):
+            self.clock.advance(1)
+        delivered = collections.Counter(rcpt for _, rcpt in self.transport.delivered)
+        self.assertEqual(sorted(delivered), sorted(rcpts))
+        self.assertEqual(set(delivered.values()), {1})
+        rows = self.rows()
+        self.assertEqual({r[2] for r in rows}, {"sent"})
+        for rcpt, _, _, attempts, code, _ in rows:
+            self.assertEqual(attempts, self.transport.refused[rcpt] + 1, rcpt)
+            self.assertGreaterEqual(attempts, 3, rcpt)
+            self.assertEqual(code, 250)
+        self.assertEqual(self.sender.failed, 0)
+
+    def test_backoff_spaces_attempts(self):
+        """While down, a delivery is tried with growing gaps, not hammered."""
+        enqueue(self, self.store, self.clock.seconds(), ["a@example.org"])
+        tries = []
+        send = self.transport.send
+
+        def spy(mail_from, recipients, data):
+            tries.append(self.clock.seconds() - T0)
+            return send(mail_from, recipients, data)
+
+        self.transport.send = spy
+        self.sender.startService()
+        self.addCleanup(self.sender.stopService)
+        for _ in range(1200):
+            self.clock.advance(1)
+        self.assertEqual(tries, [0, 60, 180, 420, 900])
+        self.assertEqual(self.transport.delivered, [("bounces+0@tracker.example.org",
+                                                     "a@example.org")])
+
+
+class GreetingRefuser(Protocol):
+    """A smarthost that is up but refuses service, as an overloaded MTA does."""
+
+    def connectionMade(self):
+        self.transport.write(b"421 4.3.2 sink.example Service not available, try later\r\n")
+        self.transport.loseConnection()
+
+
+class SwitchableSink(SinkFactory):
+    def __init__(self):
+        super().__init__()
+        self.refuse = False
+        self.refused = 0
+
+    def buildProtocol(self, addr):
+        if self.refuse:
+            self.refused += 1
+            p = GreetingRefuser()
+            p.factory = self
+            return p
+        return super().buildProtocol(addr)
+
+
+class _Endpoint:
+    """Connects to wherever the sink listens now (it may come back elsewhere)."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def connect(self, factory):
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.where["port"],
+                                  timeout=10).connect(factory)
+
+
+async def settle(sender, pool, budget: float = 30.0):
+    """
+    Let real I/O finish before the clock moves on: until the sender is idle,
+    or its sends wait in the pool for the pool's backoff timer (no connection
+    open or opening for a few polls), which only the clock can fire.
+    """
+    idle = sender.when_idle()
+    deadline = time.monotonic() + budget
+    quiet = 0
+    while not idle.called:
+        quiet = quiet + 1 if pool.queued and not pool.open_connections else 0
+        if quiet >= 3:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("the sender did not settle")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
+class RealPoolSmarthostTests(TestCase):
+    timeout = 120
+
+    async def test_sink_stopped_then_refusing_then_back(self):
+        """The real SMTP pool rides out a closed port and 421 greetings; each copy reaches the sink once."""
+        clock = task.Clock()
+        clock.advance(T0)
+        sink = SwitchableSink()
+        port = reactor.listenTCP(0, sink, interface="127.0.0.1")
+        where = {"port": port.getHost().port}
+        await port.stopListening()
+
+        store = make_memory_store(self)
+        # The pool's own timers (backoff, idle, reply timeouts) run on the
+        # same clock as the sender; only the sockets are real.
+        pool = SMTPPool(clock, "127.0.0.1", where["port"], connections=2,
+                        helo="tracker.example.org", endpoint=_Endpoint(where))
+        sender = OutboxSender(store, pool, clock, node="n1", batch_size=5,
+                              retry_initial=60, retry_max=3600, poll_interval=30)
+        rcpts = [f"user{i}@example.org" for i in range(12)]
+        enqueue(self, store, clock.seconds(), rcpts)
+        sender.startService()
+        self.addCleanup(pool.close)
+        self.addCleanup(sender.stopService)
+
+        async def run_until(t):
+            while clock.seconds() < t:
+                clock.advance(5)
+                await settle(sender, pool)
+
+        # Minutes 0-5: nothing listens on the port.
+        await run_until(T0 + 300)
+        self.assertEqual(sink.connections, 0)
+        # Minutes 5-10: the MTA is back but refuses service.
+        sink.refuse = True
+        try:
+            port = reactor.listenTCP(where["port"], sink, interface="127.0.0.1")
+        except CannotListenError:
+            # Someone took the port meanwhile: the smarthost comes back elsewhere.
+            port = reactor.listenTCP(0, sink, interface="127.0.0.1")
+            where["port"] = port.getHost().port
+        self.addCleanup(port.stopListening)
+        await run_until(T0 + DOWN)
+        self.assertGreater(sink.refused, 0)
+        self.assertEqual(sink.messages, [])
+        rows = await store.run(ops.delivery_rows)
+        self.assertEqual({r[2] for r in rows}, {"queued"})
+
+        sink.refuse = False
+        await run_until(T0 + DOWN + 900)
+        got = collections.Counter(r for m in sink.messages for r in m.recipients)
+        self.assertEqual(sorted(got), sorted(rcpts))
+        self.assertEqual(set(got.values()), {1})
+        rows = await store.run(ops.delivery_rows)
+        self.assertEqual({r[2] for r in rows}, {"sent"})
+        self.assertTrue(all(r[3] >= 3 for r in rows), rows)
+        await pool.close()
+        await sink.wait_closed()
