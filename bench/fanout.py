@@ -193,11 +193,175 @@ async def row_pool(ctx: RowContext) -> RowResult:
                      seconds, cpu)
 
 
-# (name, function, is_async). The store-backed sender goes here too.
+class ScratchStore:
+    """
+    A fresh, migrated store for one row: an SQLite file, or a PostgreSQL
+    database (TRACKERMAIL_BENCH_PG, default postgresql:///test) made and
+    dropped around the run.
+    """
+
+    def __init__(self, backend: str):
+        import secrets
+        import tempfile
+
+        self.backend = backend
+        self.drop = None
+        if backend == "sqlite":
+            self.tmp = tempfile.mkdtemp(prefix="trackermail-bench-")
+            self.url = f"sqlite:///{self.tmp}/bench.sqlite"
+        else:
+            import psycopg2
+
+            admin = os.environ.get("TRACKERMAIL_BENCH_PG", "postgresql:///test")
+            name = f"trackermail_fanout_{secrets.token_hex(3)}"
+            conn = psycopg2.connect(admin)
+            conn.autocommit = True
+            conn.cursor().execute(f'CREATE DATABASE "{name}"')
+            conn.close()
+            self.url = admin.rsplit("/", 1)[0] + "/" + name
+
+            def drop():
+                c = psycopg2.connect(admin)
+                c.autocommit = True
+                c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                c.close()
+
+            self.drop = drop
+
+    async def open(self):
+        from trackermail.store import open_store
+
+        self.store = open_store(self.url, pool_size=4)
+        await self.store.start()
+        await self.store.migrate()
+        return self.store
+
+    async def close(self):
+        await self.store.close()
+        if self.drop:
+            self.drop()
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def _row_sender(ctx: RowContext, backend: str) -> RowResult:
+    """
+    The outbox sender as it runs in the tracker: deliveries queued in the
+    store (one body, a VERP sender each) are claimed, sent through the pool
+    and marked sent. Queueing is not timed; sending and recording are.
+    """
+    from twisted.internet import reactor
+
+    from trackermail.outbound.pool import SMTPPool
+    from trackermail.outbound.sender import OutboxSender
+
+    scratch = ScratchStore(backend)
+    store = await scratch.open()
+    try:
+        await store.enqueue(ctx.message, [ctx.envelope(i)[::-1] for i in range(ctx.deliveries)],
+                            0.0)
+        pool = SMTPPool(reactor, "127.0.0.1", ctx.port, connections=ctx.connections,
+                        helo="tracker.example")
+        sender = OutboxSender(store, pool, reactor, node="bench")
+        t0, c0 = time.perf_counter(), time.process_time()
+        sender.startService()
+        await sender.when_idle()
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        await sender.stopService()
+        await pool.close()
+        summary = await store.outbox_summary(time.time())
+    finally:
+        await scratch.close()
+    return RowResult(f"outbox sender, {backend}", ctx.deliveries, summary.sent, seconds, cpu)
+
+
+async def row_sender_sqlite(ctx: RowContext) -> RowResult:
+    return await _row_sender(ctx, "sqlite")
+
+
+async def row_sender_postgresql(ctx: RowContext) -> RowResult:
+    return await _row_sender(ctx, "postgresql")
+
+
+# (name, function, is_async)
 ROWS: list[tuple[str, Callable[[RowContext], Any], bool]] = [
     ("smtplib", row_smtplib, False),
     ("pool", row_pool, True),
+    ("sender-sqlite", row_sender_sqlite, True),
+    ("sender-postgresql", row_sender_postgresql, True),
 ]
+
+
+# -- planning a fan-out -----------------------------------------------------------
+
+
+async def plan_fanout(backend: str, subscribers: int, size: int) -> dict:
+    """
+    Time the dispatch handler planning one message to C{subscribers}
+    subscribers: classification, recipient query, VERP signing, the outbox
+    rows and the sent counters, in its one transaction.
+    """
+    from trackermail.config import config_from_dict
+    from trackermail.service import build_processor
+    from trackermail.store.sql import Many, Rows, Value
+
+    scratch = ScratchStore(backend)
+    store = await scratch.open()
+    try:
+        def seed():
+            yield Many("INSERT INTO packages (name, kind) VALUES (?, ?)", [("hello", "source")])
+            pid = yield Value("SELECT id FROM packages WHERE name = 'hello'")
+            yield Many("INSERT INTO emails (email, email_lower) VALUES (?, ?)",
+                       [(f"user{i}@example.org",) * 2 for i in range(subscribers)])
+            ids = yield Rows("SELECT id FROM emails")
+            yield Many("INSERT INTO subscriptions (email_id, package_id) VALUES (?, ?)",
+                       [(i, pid) for (i,) in ids])
+
+        await store.run(seed)
+        config = config_from_dict({"tracker": {"fqdn": "tracker.example",
+                                               "secret_key": "bench-secret-0123456789"}})
+        processor = build_processor(config, store)
+        timings = []
+        for i in range(3):
+            raw = (b"Delivered-To: dispatch+hello_bts@tracker.example\r\n" +
+                   make_message(size).replace(b"<bench.1@", b"<plan.%d@" % i)
+                   .replace(b"X-Loop: dispatch@tracker.example\r\n", b""))
+            t0 = time.perf_counter()
+            outcome = await processor.process_bytes(raw)
+            timings.append((time.perf_counter() - t0) * 1000)
+            assert outcome.fields["recipients"] == subscribers, outcome
+        bodies = await store.run(lambda: (yield Value("SELECT COUNT(*) FROM outbox_messages")))
+    finally:
+        await scratch.close()
+    return {"backend": backend, "subscribers": subscribers, "size": size,
+            "plan_ms": round(sorted(timings)[1], 1), "bodies_stored": bodies, "messages": 3}
+
+
+def run_plan_child(args: argparse.Namespace) -> int:
+    from twisted.internet import defer, task
+
+    box: list[dict] = []
+
+    async def main(reactor: Any) -> None:
+        box.append(await plan_fanout(args.plan_child, args.plan_subscribers, args.size))
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+    except SystemExit as e:
+        if e.code:
+            raise
+    print(json.dumps(box[0]))
+    return 0
+
+
+def run_plans(args: argparse.Namespace) -> list[dict]:
+    results = []
+    for backend in ("sqlite", "postgresql"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--plan-child", backend,
+               "--plan-subscribers", str(args.plan_subscribers), "--size", str(args.size)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE).stdout
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return results
 
 
 # -- driver ------------------------------------------------------------------
@@ -295,11 +459,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
                         help="comma-separated rows to run (default: all)")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "fanout.json"))
+    parser.add_argument("--plan-subscribers", type=int, default=10000,
+                        help="also time planning one fan-out to this many subscribers"
+                             " on SQLite and PostgreSQL (0: skip)")
+    parser.add_argument("--plan-child", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return run_child(args)
+    if args.plan_child:
+        return run_plan_child(args)
 
     names = [name for name in args.rows.split(",") if name]
     unknown = set(names) - {name for name, _, _ in ROWS}
@@ -339,8 +509,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     ratio_vs_smtplib=(round(r.per_second / baseline.per_second, 2)
                                       if baseline else None))
 
+    plans = run_plans(args) if args.plan_subscribers else []
+    if plans:
+        print(f"\nplanning one fan-out of a {args.size}-byte message to "
+              f"{args.plan_subscribers} subscribers (median of 3, one transaction each)")
+        print(f"{'backend':<12} {'plan ms':>9} {'bodies stored':>14}")
+        for p in plans:
+            print(f"{p['backend']:<12} {p['plan_ms']:>9} {p['bodies_stored']:>14}")
+
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     report = {
+        "planning": plans,
         "benchmark": "fanout",
         "deliveries": args.deliveries,
         "message_size": args.size,
