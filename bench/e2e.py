@@ -31,7 +31,6 @@ import secrets
 import shutil
 import signal
 import smtplib
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -44,7 +43,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from fanout import Sink, free_port, wait_for_port  # noqa: E402
+from _common import free_port, scratch_pg_database  # noqa: E402
+from fanout import Sink, wait_for_port  # noqa: E402
 
 FQDN = "bench.example.org"
 PYTHON = sys.executable
@@ -76,23 +76,7 @@ class Database:
             self.url = f"sqlite:///{tmp}/tracker.sqlite"
             self._drop = None
         else:
-            import psycopg2
-
-            admin = os.environ.get("TRACKERMAIL_BENCH_PG", "postgresql:///test")
-            name = f"trackermail_e2e_{secrets.token_hex(3)}"
-            conn = psycopg2.connect(admin)
-            conn.autocommit = True
-            conn.cursor().execute(f'CREATE DATABASE "{name}"')
-            conn.close()
-            self.url = admin.rsplit("/", 1)[0] + "/" + name
-
-            def drop():
-                c = psycopg2.connect(admin)
-                c.autocommit = True
-                c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                c.close()
-
-            self._drop = drop
+            self.url, self._drop = scratch_pg_database("trackermail_e2e")
 
     def connect(self):
         if self.backend == "sqlite":

@@ -43,17 +43,12 @@ from typing import Any, Callable, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from _common import free_port, scratch_pg_database  # noqa: E402
 
 
 # -- the sink ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -201,7 +196,6 @@ class ScratchStore:
     """
 
     def __init__(self, backend: str):
-        import secrets
         import tempfile
 
         self.backend = backend
@@ -210,23 +204,7 @@ class ScratchStore:
             self.tmp = tempfile.mkdtemp(prefix="trackermail-bench-")
             self.url = f"sqlite:///{self.tmp}/bench.sqlite"
         else:
-            import psycopg2
-
-            admin = os.environ.get("TRACKERMAIL_BENCH_PG", "postgresql:///test")
-            name = f"trackermail_fanout_{secrets.token_hex(3)}"
-            conn = psycopg2.connect(admin)
-            conn.autocommit = True
-            conn.cursor().execute(f'CREATE DATABASE "{name}"')
-            conn.close()
-            self.url = admin.rsplit("/", 1)[0] + "/" + name
-
-            def drop():
-                c = psycopg2.connect(admin)
-                c.autocommit = True
-                c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                c.close()
-
-            self.drop = drop
+            self.url, self.drop = scratch_pg_database("trackermail_fanout")
 
     async def open(self):
         from trackermail.store import open_store

@@ -9,13 +9,15 @@ Prints a table and writes bench/results/import_sources.json.
 import gzip
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _common import scratch_pg_database  # noqa: E402
 N = int(os.environ.get("BENCH_SOURCES", "60000"))
 
 
@@ -37,23 +39,7 @@ def cli(db: str, *args) -> float:
 
 
 def pg_database():
-    import psycopg2
-
-    admin = os.environ.get("TRACKERMAIL_BENCH_PG", "postgresql:///test")
-    name = f"trackermail_bench_{secrets.token_hex(3)}"
-    conn = psycopg2.connect(admin)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    base = admin.rsplit("/", 1)[0]
-
-    def drop():
-        c = psycopg2.connect(admin)
-        c.autocommit = True
-        c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        c.close()
-
-    return f"{base}/{name}", drop
+    return scratch_pg_database("trackermail_bench")
 
 
 def main() -> None:

@@ -163,3 +163,60 @@ class PluginTests(SynchronousTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("[tracker] fqdn: required", result.stdout + result.stderr)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+
+class SpoolCommandTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.config = os.path.join(self.dir, "t.toml")
+        with open(self.config, "w") as f:
+            f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
+                    f'[database]\nurl = "sqlite:///{self.dir}/t.sqlite"\n'
+                    f'[spool]\npath = "{self.dir}/spool"\n')
+        run("--config", self.config, "migrate")
+
+    def cli(self, *args, stdin=None, env=None):
+        return subprocess.run(
+            [sys.executable, "-m", "trackermail.cli", "--config", self.config, *args],
+            input=stdin, capture_output=True, timeout=120,
+            env=dict(os.environ, **(env or {})))
+
+    def test_deliver_stores_durably(self):
+        """deliver puts stdin into spool/new with Delivered-To and exits 0."""
+        result = self.cli("deliver", "control@tracker.example.org",
+                          stdin=b"Subject: hi\n\nbody\n", env={"SENDER": "a@example.net"})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [name] = os.listdir(os.path.join(self.dir, "spool", "new"))
+        with open(os.path.join(self.dir, "spool", "new", name), "rb") as f:
+            data = f.read()
+        self.assertIn(b"Delivered-To: control@tracker.example.org\n", data)
+        self.assertTrue(data.endswith(b"Subject: hi\n\nbody\n"))
+
+    def test_deliver_tempfails_when_the_spool_cannot_be_written(self):
+        """deliver exits 75 (EX_TEMPFAIL) so the MTA retries when it cannot store."""
+        os.makedirs(os.path.join(self.dir, "spool"))
+        with open(os.path.join(self.dir, "spool", "tmp"), "w") as f:
+            f.write("not a directory")
+        result = self.cli("deliver", "control@tracker.example.org", stdin=b"Subject: x\n\nx\n")
+        self.assertEqual(result.returncode, 75)
+        self.assertIn(b"cannot store the message", result.stderr)
+
+    def test_status_requeue_and_outbox(self):
+        """status counts parked mail; requeue moves it back; outbox shows the queue."""
+        failed = os.path.join(self.dir, "spool", "failed")
+        os.makedirs(failed)
+        with open(os.path.join(failed, "m1"), "wb") as f:
+            f.write(b"Subject: x\n\nx\n")
+        with open(os.path.join(failed, "m1.reason"), "w") as f:
+            f.write("no delivery address\n")
+        status = self.cli("status").stdout.decode()
+        self.assertRegex(status, r"failed +1 ")
+        self.assertIn("outbox queued 0", status)
+        result = self.cli("requeue", "failed")
+        self.assertEqual(result.stdout, b"requeued m1\n")
+        self.assertEqual(os.listdir(os.path.join(self.dir, "spool", "new")), ["m1"])
+        missing = self.cli("requeue", "broken", "nope")
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn(b"not in broken/: nope", missing.stderr)
+        self.assertIn(b"queued   0\n", self.cli("outbox").stdout)

@@ -346,8 +346,8 @@ def cmd_status(args, config):
         try:
             with open(os.path.join(retry_dir, name), encoding="utf-8") as f:
                 state = json.load(f)
-            print(f"  retry {name}: attempt {state.get('attempts')}, next in "
-                  f"{_age(now, state.get('next_at', now))}")
+            print(f"  retry {name}: {state.get('attempts')} failed attempts, next in "
+                  f"{_age(now, state.get('next', now))}: {state.get('reason', '')}".rstrip(": "))
         except (OSError, ValueError, AttributeError):
             continue
 

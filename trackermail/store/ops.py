@@ -603,17 +603,6 @@ def teams_of(email: str):
     return [Team(s, n, bool(p), o) for s, n, p, o in rows]
 
 
-def team_members(slug: str):
-    """Unmuted members of a team, sorted (the recipients of team+SLUG@ mail)."""
-    tid = yield from _team_id(slug)
-    rows = yield Rows(
-        "SELECT e.email FROM memberships m JOIN emails e ON e.id = m.email_id "
-        "WHERE m.team_id = ? AND NOT m.muted ORDER BY e.email_lower",
-        (tid,),
-    )
-    return [r[0] for r in rows]
-
-
 def team_member_ids(slug: str):
     """C{(email, id)} of a team's unmuted members, sorted."""
     tid = yield from _team_id(slug)
