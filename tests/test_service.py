@@ -11,7 +11,8 @@ import time
 
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.outbound import SinkFactory
 from trackermail.config import config_from_dict
@@ -124,3 +125,34 @@ class TrackerServiceTests(TestCase):
             await deferToThread(lmtp_send, self.lmtp_port, "a@example.net",
                                 f"nobody@{FQDN}", b"Subject: x\r\n\r\nx\r\n")
         self.assertEqual(e.exception.recipients[f"nobody@{FQDN}"][0], 550)
+
+
+class MaintenanceServiceTests(SynchronousTestCase):
+    def test_hourly_housekeeping(self):
+        """The maintenance service purges expired confirmations and trims bounce stats hourly."""
+        from tests.support.pipeline import make_config
+        from tests.support.stores import make_memory_store
+        from trackermail.service import MaintenanceService, StoreService
+        from trackermail.store import ops
+
+        store = make_memory_store(self)
+        store_service = StoreService(store)
+        store_service.startService()
+        clock = Clock()
+        clock.advance(10 * 86400)
+        run = lambda program, *a: self.successResultOf(store.run(program, *a))  # noqa: E731
+        run(ops.create_confirmation, "k", "a@example.org", [], 0.0)
+        run(ops.subscribe, "a@example.org", "dpkg")
+        for day in range(1, 8):
+            run(ops.record_sent, ["a@example.org"], f"2026-11-0{day}")
+        maintenance = MaintenanceService(store_service, make_config(), clock)
+        maintenance.startService()
+        self.addCleanup(maintenance.stopService)
+        clock.advance(59)
+        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 7)
+        clock.advance(1)
+        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 4)
+        self.assertEqual(run(ops.take_confirmation, "k", clock.seconds(), 86400.0), "unknown")
+        run(ops.record_sent, ["a@example.org"], "2026-11-08")
+        clock.advance(3600)
+        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 4)

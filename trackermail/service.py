@@ -252,8 +252,63 @@ def _http(top, config: Config, store_service: StoreService, reactor) -> None:
         svc.setServiceParent(top)
 
 
+class MaintenanceService(service.Service):
+    """
+    Hourly housekeeping of the store: expired confirmations and old
+    per-day counters go, bounce stats are kept to the days the policy reads.
+    """
+
+    name = "maintenance"
+    interval = 3600.0
+
+    def __init__(self, store_service: StoreService, config: Config, clock):
+        self.store_service = store_service
+        self.config = config
+        self.clock = clock
+        self._call = None
+
+    def startService(self):
+        super().startService()
+        self._call = self.clock.callLater(60, self._tick)
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self):
+        self._call = None
+        d = Deferred.fromCoroutine(self.run_once())
+        d.addErrback(lambda f: log.failure("store maintenance failed", f))
+        d.addBoth(lambda _: self._reschedule())
+
+    def _reschedule(self):
+        if self.running:
+            self._call = self.clock.callLater(self.interval, self._tick)
+
+    async def run_once(self):
+        from datetime import datetime, timezone
+
+        from trackermail.store import ops
+
+        store = await self.store_service.when_ready()
+        now = self.clock.seconds()
+        today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        expiry = self.config.control.confirmation_expiry_days * 86400
+        confirmations = await store.run(ops.purge_confirmations, now, expiry, today)
+        stats = await store.run(ops.trim_all_bounce_stats,
+                                self.config.bounces.max_days_tolerate_bounce)
+        log.info("maintenance: removed {confirmations} expired confirmations and "
+                 "{stats} old bounce stats", confirmations=confirmations, stats=stats)
+
+
+def _maintenance(top, config: Config, store_service: StoreService, reactor) -> None:
+    MaintenanceService(store_service, config, reactor).setServiceParent(top)
+
+
 # Builders for the rest of the tracker, each adding its named children.
-_PARTS: list = [_mail_engine, _outbound, _http]
+_PARTS: list = [_mail_engine, _maintenance, _outbound, _http]
 
 
 def makeService(options: Options) -> service.MultiService:

@@ -274,16 +274,43 @@ class StoreContractMixin:
 
 
 
-class MemoryStoreTests(StoreContractMixin, TestCase):
+class MaintenanceContractMixin:
+    async def test_trim_all_bounce_stats(self):
+        """Only the latest N days of stats are kept for every address."""
+        for email in ("a@example.org", "b@example.org"):
+            await self.store.subscribe(email, "dpkg")
+            for day in range(1, 8):
+                await self.store.run(ops.record_sent, [email], f"2026-11-0{day}")
+        removed = await self.store.run(ops.trim_all_bounce_stats, 4)
+        self.assertEqual(removed, 6)
+        days = [s.day for s in await self.store.bounce_stats("a@example.org")]
+        self.assertEqual(days, ["2026-11-07", "2026-11-06", "2026-11-05", "2026-11-04"])
+
+    async def test_purge_confirmations(self):
+        """Expired confirmations and earlier days' send counters are removed."""
+        await self.store.run(ops.create_confirmation, "old", "a@example.org", [], 0.0)
+        await self.store.run(ops.create_confirmation, "new", "a@example.org", [], 1000.0)
+        await self.store.run(ops.count_confirmation_send, "a@example.org", "2026-11-01", 3)
+        await self.store.run(ops.count_confirmation_send, "a@example.org", "2026-11-02", 3)
+        removed = await self.store.run(ops.purge_confirmations, 1000.0, 500.0, "2026-11-02")
+        self.assertEqual(removed, 1)
+        self.assertEqual(await self.store.run(ops.take_confirmation, "old", 1000.0, 500.0),
+                         "unknown")
+        left = await self.store.run(lambda: (yield ops.Rows(
+            "SELECT day FROM confirmation_sends")))
+        self.assertEqual([tuple(r) for r in left], [("2026-11-02",)])
+
+
+class MemoryStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
     async def make_store(self):
         return make_memory_store(self)
 
 
-class SQLiteStoreTests(StoreContractMixin, TestCase):
+class SQLiteStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
     async def make_store(self):
         return await make_sqlite_store(self)
 
 
-class PostgresStoreTests(StoreContractMixin, TestCase):
+class PostgresStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
     async def make_store(self):
         return await make_pg_store(self)

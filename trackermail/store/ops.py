@@ -754,8 +754,15 @@ def count_confirmation_send(email: str, day: str, limit: int):
     return True
 
 
-def purge_confirmations(now: float, expiry: float):
-    return (yield Exec("DELETE FROM confirmations WHERE created <= ?", (now - expiry,)))
+def purge_confirmations(now: float, expiry: float, today: str = ""):
+    """
+    Forget expired confirmations, and the per-day send counters of days
+    before C{today}. Fires with the number of confirmations removed.
+    """
+    removed = yield Exec("DELETE FROM confirmations WHERE created <= ?", (now - expiry,))
+    if today:
+        yield Exec("DELETE FROM confirmation_sends WHERE day < ?", (today,))
+    return removed
 
 
 # --------------------------------------------------------------------------
@@ -821,6 +828,22 @@ def trim_bounce_stats(email: str, keep: int):
     )
     for (day,) in days[keep:]:
         yield Exec("DELETE FROM bounce_stats WHERE email_id = ? AND day = ?", (eid, day))
+
+
+def trim_all_bounce_stats(keep: int):
+    """
+    Keep at most the C{keep} latest days of stats of every address: the
+    policy never looks further back, and a row is written per address and
+    day of mail.
+    """
+    return (yield Exec(
+        "DELETE FROM bounce_stats WHERE (email_id, day) IN ("
+        " SELECT email_id, day FROM ("
+        "  SELECT email_id, day, ROW_NUMBER() OVER"
+        "   (PARTITION BY email_id ORDER BY day DESC) AS n FROM bounce_stats) ranked"
+        " WHERE n > ?)",
+        (keep,),
+    ))
 
 
 # --------------------------------------------------------------------------
