@@ -338,3 +338,14 @@ class STARTTLSTests(SynchronousTestCase):
         replies(t)
         proto.dataReceived(b"STARTTLS\r\n")
         self.assertEqual(replies(t), [b"454 4.7.0 TLS not available"])
+
+
+class ReceivedLogTests(SynchronousTestCase):
+    def test_message_id_of_stored_message(self):
+        """The received log line names the Message-ID found in the header block only."""
+        from trackermail.ingress.smtp import message_id_of
+
+        self.assertEqual(message_id_of(b"Subject: x\nMessage-Id:  <a@b>\n\nMessage-ID: <no>\n"),
+                         "<a@b>")
+        self.assertEqual(message_id_of(b"Subject: x\n\nMessage-ID: <body@x>\n"), "")
+        self.assertEqual(message_id_of(b"Message-ID: <\xff\x01@x>\n\n"), "<??@x>")

@@ -476,6 +476,11 @@ class IngressProtocol(ESMTP):
             self._reply_after_data(rcpts, {r.lower(): _TOO_BIG for r in rcpts}, queue_id)
             return
         message = self._build_message(raw, rcpts, queue_id)
+        # One line that ties the Message-ID to the queue id: `grep msgid`
+        # then tells a message's story from reception to its forwarding.
+        log.info("received {msgid} as {queue_id} from <{sender}> for {rcpts} ({size} bytes)",
+                 msgid=message_id_of(message), queue_id=queue_id, sender=sender,
+                 rcpts=rcpts, size=len(message))
         distinct: dict[str, str] = {}
         for rcpt in rcpts:
             distinct.setdefault(rcpt.lower(), rcpt)
@@ -547,6 +552,18 @@ class IngressProtocol(ESMTP):
             # Body text must not be read as a continuation of our headers.
             prefix += "\n"
         return prefix.encode("ascii", "replace") + body
+
+
+_MESSAGE_ID_LINE = re.compile(rb"^Message-ID:[ \t]*([^\r\n]*)", re.I | re.M)
+
+
+def message_id_of(message: bytes) -> str:
+    """The Message-ID of a stored message (its header block only), for logs."""
+    end = message.find(b"\n\n")
+    match = _MESSAGE_ID_LINE.search(message, 0, end if end >= 0 else len(message))
+    if match is None:
+        return ""
+    return _printable(match.group(1).strip(), 200)
 
 
 _TOO_BIG = (552, b"5.3.4 Error: message file too big")
