@@ -55,6 +55,8 @@ class DispatchFanoutTests(SynchronousTestCase):
                          f"<mailto:control@{FQDN}?body=unsubscribe%20dpkg>")
         self.assertEqual(copy["X-Debian"], "tracker.debian.org")
         self.assertTrue(data.endswith(BUG_MAIL), "the original must follow byte for byte")
+        self.assertNotIn(b"Delivered-To:", data)
+        self.assertNotIn(b"Return-Path:", data)
 
     def test_verp_sender_is_signed_and_counted(self):
         """Each copy has a signed VERP envelope sender and counts as sent today."""

@@ -419,8 +419,24 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     return deliveries
 
 
+_OUR_ENVELOPE_LINE = re.compile(rb"(?:Return-Path|Delivered-To):[^\n]*\n", re.I)
+
+
 def _body_without_envelope_line(raw: bytes) -> bytes:
+    """
+    The message as it is forwarded: without an mbox "From " line, and
+    without the Return-Path and Delivered-To lines the spool put on top.
+    Those describe the delivery to us; on a copy in transit a Return-Path
+    is wrong (the final MTA adds its own) and our Delivered-To would make
+    a copy that comes back to another of our addresses look like it was
+    delivered to two of them.
+    """
     start = _message_start(raw)
+    for _ in range(2):
+        match = _OUR_ENVELOPE_LINE.match(raw, start)
+        if match is None:
+            break
+        start = match.end()
     return raw[start:] if start else raw
 
 
