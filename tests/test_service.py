@@ -156,3 +156,31 @@ class MaintenanceServiceTests(SynchronousTestCase):
         run(ops.record_sent, ["a@example.org"], "2026-11-08")
         clock.advance(3600)
         self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 4)
+
+
+class BigMessageTests(TestCase):
+    timeout = 60
+
+    async def test_big_message_is_parsed_off_the_reactor_thread(self):
+        """A message over the threshold is parsed in a thread and still processed."""
+        import threading
+
+        from tests.support.pipeline import make_pipeline
+        from trackermail import processing
+        from trackermail.store import ops
+
+        processor, store, clock = make_pipeline(self)
+        processor.thread_parse_over = 1000
+        threads = []
+        real_parse = processing.parse_message
+
+        def spy(raw):
+            threads.append(threading.current_thread() is threading.main_thread())
+            return real_parse(raw)
+
+        self.patch(processing, "parse_message", spy)
+        await store.run(ops.subscribe, "a@example.org", "dpkg")
+        raw = (b"Delivered-To: dispatch+dpkg_bts@tracker.example.org\r\n"
+               b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n")
+        outcome = await processor.process_bytes(raw)
+        self.assertEqual((outcome.action, threads), ("forwarded", [False]))

@@ -123,6 +123,7 @@ class Processor:
                  vendor=None, clock=None, ready: Callable[[], Deferred] | None = None):
         self.config = config
         self._ready = ready
+        self.thread_parse_over: int | None = 1024 * 1024
         self.store = store
         self.handlers = dict(handlers)
         self.vendor = vendor
@@ -184,7 +185,15 @@ class Processor:
         if self._ready is not None:
             await self._ready()
         started = time.perf_counter()
-        incoming = self.prepare(raw)
+        if self.thread_parse_over is not None and len(raw) > self.thread_parse_over:
+            # Parsing is pure Python and linear in the size: a 20 MiB message
+            # takes about a second. In a thread the reactor keeps getting the
+            # GIL meanwhile, so SMTP replies and sends do not stall.
+            from twisted.internet.threads import deferToThread
+
+            incoming = await deferToThread(self.prepare, raw)
+        else:
+            incoming = self.prepare(raw)
         ctx = Context(self.config, self.vendor, self._now())
         handler = self.handlers[incoming.route.service]
 

@@ -43,6 +43,8 @@ def make_pipeline(testcase, vendor: str = "debian", **sections):
     clock = FakeClock()
     processor = Processor(config, store, default_handlers(),
                           vendor=load_vendor(config.tracker.vendor), clock=clock)
+    # Synchronous tests: parse big messages in the test's thread too.
+    processor.thread_parse_over = None
     return processor, store, clock
 
 
