@@ -23,7 +23,6 @@ from trackermail.errors import (
 )
 from trackermail.store.interface import (
     BounceDay,
-    Delivery,
     Keyword,
     NewsItem,
     OutboxSummary,
