@@ -6,9 +6,13 @@ L{trackermail.store.ops} run through the backend's C{run}.
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from trackermail.store import ops, schema
+
+log = Logger()
 
 
 class StoreBase:
@@ -23,20 +27,18 @@ class StoreBase:
         if self._listeners is None:
             self._listeners = {}
         self._listeners.setdefault(channel, []).append(callback)
-        from twisted.internet import defer
-
         return defer.succeed(None)
 
     def _fire_notes(self, channels) -> None:
         for channel in sorted(channels):
-            for callback in list((self._listeners or {}).get(channel, ())):
-                try:
-                    callback()
-                except Exception:
-                    from twisted.logger import Logger
+            self._notify_listeners(channel)
 
-                    Logger().failure("notification listener failed for {channel}",
-                                     channel=channel)
+    def _notify_listeners(self, channel: str) -> None:
+        for callback in list((self._listeners or {}).get(channel, ())):
+            try:
+                callback()
+            except Exception:
+                log.failure("notification listener failed for {channel}", channel=channel)
 
     def run(self, program, *args, **kwargs) -> Deferred:
         raise NotImplementedError

@@ -218,12 +218,7 @@ class PostgresStore(StoreBase):
             await self._listener.runOperation(f'LISTEN "{channel}"')
 
     def _notified(self, notify) -> None:
-        for callback in list((self._listeners or {}).get(notify.channel, ())):
-            try:
-                callback()
-            except Exception:
-                log.failure("notification listener failed for {channel}",
-                            channel=notify.channel)
+        self._notify_listeners(notify.channel)
 
     def _fire_notes(self, channels) -> None:
         # On PostgreSQL, notifications come back through LISTEN.
