@@ -314,3 +314,22 @@ class SQLiteStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
 class PostgresStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
     async def make_store(self):
         return await make_pg_store(self)
+
+
+class PostgresNotifyTests(TestCase):
+    timeout = 60
+
+    async def test_enqueue_on_one_node_wakes_another(self):
+        """A delivery queued through one store notifies listeners of another (LISTEN/NOTIFY)."""
+        from twisted.internet import defer, reactor
+
+        from trackermail.store.postgres import PostgresStore
+
+        store_a = await make_pg_store(self)
+        store_b = PostgresStore(store_a.dsn, size=1)
+        self.addCleanup(store_b.close)
+        await store_b.start()
+        woken = defer.Deferred()
+        await store_b.listen("outbox", lambda: woken.called or woken.callback(True))
+        await store_a.enqueue(b"x", [("a@example.org", "")], 1.0)
+        self.assertTrue(await woken.addTimeout(30, reactor))
