@@ -220,3 +220,18 @@ class SpoolCommandTests(SynchronousTestCase):
         self.assertEqual(missing.returncode, 1)
         self.assertIn(b"not in broken/: nope", missing.stderr)
         self.assertIn(b"queued   0\n", self.cli("outbox").stdout)
+
+
+class AnalyzeBounceCommandTests(SynchronousTestCase):
+    def test_one_json_line_per_file(self):
+        """analyze-bounce prints one JSON line per file with the documented keys."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        dsn = os.path.join(here, "bounces", "fixtures", "postfix-dsn.eml")
+        auto = os.path.join(here, "bounces", "fixtures", "autoreply.eml")
+        result = run("analyze-bounce", dsn, auto)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        first, second = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual(set(first), {"file", "bounce", "score", "hard", "recipients", "status"})
+        self.assertEqual((first["file"], first["bounce"]), (dsn, True))
+        self.assertIn("alice@example.net", first["recipients"])
+        self.assertEqual((second["bounce"], second["recipients"]), (False, []))
