@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -169,12 +170,8 @@ class Processor:
                 raw = f.read()
         except FileNotFoundError:
             # Already processed and removed by another run: nothing to do.
-            from twisted.internet import defer
-
             return defer.succeed(Outcome("gone", path))
         except OSError as e:
-            from twisted.internet import defer
-
             return defer.fail(TemporaryFailure(f"cannot read {path}: {e.strerror}"))
         return self.process_bytes(raw)
 

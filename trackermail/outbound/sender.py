@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections import OrderedDict
-from datetime import datetime, timezone
 
 from twisted.application import service
 from twisted.internet import defer
@@ -33,10 +31,6 @@ from trackermail.outbound import queue
 from trackermail.store.sql import Value
 
 log = Logger()
-
-
-def _day(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
 
 
 class _BodyCache:
@@ -320,7 +314,3 @@ def _next_due():
     return (yield Value(
         "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
     ))
-
-
-def default_node() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"

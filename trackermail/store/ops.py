@@ -699,15 +699,6 @@ def create_confirmation(key: str, email: str, commands: list, now: float):
     )
 
 
-def pending_confirmation(email: str, commands: list, now: float, expiry: float):
-    """The key of an unused, unexpired confirmation with exactly these commands."""
-    return (yield Value(
-        "SELECT confirm_key FROM confirmations WHERE email_lower = ? AND commands = ? "
-        "AND used IS NULL AND created > ? ORDER BY created DESC LIMIT 1",
-        (normalize_email(email).lower(), json.dumps(commands), now - expiry),
-    ))
-
-
 def take_confirmation(key: str, now: float, expiry: float):
     """
     Consume a confirmation key: fires with C{(email_lower, commands)}, or with
@@ -779,11 +770,7 @@ def record_sent(emails: Sequence[str], day: str):
         marks = ",".join("?" * len(chunk))
         rows = yield Rows(f"SELECT id FROM emails WHERE email_lower IN ({marks})", chunk)
         ids.extend(r[0] for r in rows)
-    yield Many(
-        "INSERT INTO bounce_stats (email_id, day, sent) VALUES (?, ?, 1) "
-        "ON CONFLICT (email_id, day) DO UPDATE SET sent = bounce_stats.sent + 1",
-        [(i, day) for i in sorted(ids)],
-    )
+    yield from record_sent_ids(ids, day)
 
 
 def record_sent_ids(email_ids: Sequence[int], day: str):
