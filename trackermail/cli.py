@@ -14,92 +14,16 @@ import sys
 import time
 from typing import Callable
 
-from twisted.internet.defer import Deferred
-
-from trackermail.config import Config, load_config
+from trackermail.cli_support import (
+    EX_TEMPFAIL,
+    CommandError,
+    Progress,
+    config_from_args,
+    error,
+    run_with_store,
+)
+from trackermail.config import Config
 from trackermail.errors import ConfigError, TrackerError
-
-EX_TEMPFAIL = 75
-
-
-class CommandError(TrackerError):
-    """A command failed; the message is shown to the user."""
-
-
-def _config(args) -> Config:
-    path = args.config
-    if path is None and os.path.exists("tracker.toml"):
-        path = "tracker.toml"
-    overrides = {}
-    if args.database:
-        overrides["database"] = {"url": args.database}
-    return load_config(path, overrides, require_fqdn=False)
-
-
-def _store(config: Config):
-    from trackermail.store import open_store
-
-    return open_store(config.database.url, pool_size=1)
-
-
-def _run_with_store(config: Config, body: Callable, migrate: bool = False) -> int:
-    """
-    Run C{body(store)} (async) on a started store under a reactor, and
-    return its exit code.
-    """
-    from twisted.internet import task
-
-    result = {"code": 0}
-
-    async def main(reactor):
-        store = _store(config)
-        try:
-            await store.start()
-            if migrate:
-                await store.migrate()
-            else:
-                await _check_schema(store)
-            code = await body(store)
-            result["code"] = code or 0
-        finally:
-            await store.close()
-
-    def runner(reactor):
-        d = Deferred.fromCoroutine(main(reactor))
-
-        def failed(f):
-            result["code"] = 1
-            if f.check(TrackerError):
-                _error(f.getErrorMessage())
-            else:
-                _error(f"unexpected error: {f.getErrorMessage()!s}")
-                f.printTraceback(file=sys.stderr)
-
-        return d.addErrback(failed)
-
-    try:
-        task.react(runner)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code)
-    return result["code"]
-
-
-async def _check_schema(store) -> None:
-    from trackermail.store import schema
-
-    version = await store.schema_version()
-    if version < schema.latest_version():
-        raise CommandError(
-            f"the database is at schema version {version}, not "
-            f"{schema.latest_version()}: run 'trackermail migrate' first"
-        )
-
-
-def _error(message: str) -> None:
-    line = " ".join(str(message).split())
-    sys.stderr.write(f"trackermail: {line}\n")
-
 
 # ---------------------------------------------------------------------------
 # Commands
@@ -110,7 +34,7 @@ def cmd_migrate(args, config):
         version = await store.schema_version()
         print(f"schema version {version}")
 
-    return _run_with_store(config, body, migrate=True)
+    return run_with_store(config, body, migrate=True)
 
 
 def cmd_add_package(args, config):
@@ -121,7 +45,7 @@ def cmd_add_package(args, config):
         print(f"{kind} package {args.source}" +
               (f" with binaries {', '.join(args.binary)}" if args.binary else ""))
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_import_sources(args, config):
@@ -147,7 +71,7 @@ def cmd_import_sources(args, config):
         print(f"imported {sources} source packages and {binaries} binary mappings "
               f"from {len(entries)} paragraphs in {elapsed:.1f}s")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_add_keyword(args, config):
@@ -155,7 +79,7 @@ def cmd_add_keyword(args, config):
         await store.add_keyword(args.name, args.default, args.description or "")
         print(f"keyword {args.name}" + (" (default)" if args.default else ""))
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_add_team(args, config):
@@ -163,7 +87,7 @@ def cmd_add_team(args, config):
         await store.add_team(args.slug, args.name, args.owner, public=not args.private)
         print(f"team {args.slug}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_team_add_package(args, config):
@@ -171,7 +95,7 @@ def cmd_team_add_package(args, config):
         await store.team_add_package(args.slug, args.package)
         print(f"team {args.slug} has package {args.package}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_subscribe(args, config):
@@ -180,7 +104,7 @@ def cmd_subscribe(args, config):
         print(f"{args.email} {'subscribed to' if new else 'was already subscribed to'} "
               f"{args.package}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_unsubscribe_all(args, config):
@@ -191,7 +115,7 @@ def cmd_unsubscribe_all(args, config):
         else:
             print(f"{args.email} had no subscriptions")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_dump_subscribers(args, config):
@@ -200,7 +124,7 @@ def cmd_dump_subscribers(args, config):
         json.dump(dump, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_stats(args, config):
@@ -210,7 +134,7 @@ def cmd_stats(args, config):
         for key in stats.__dataclass_fields__:
             print(f"{key.replace('_', ' '):<{width}}  {getattr(stats, key)}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_news(args, config):
@@ -222,7 +146,7 @@ def cmd_news(args, config):
         if not items:
             print("no news")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_analyze_bounce(args, config):
@@ -253,7 +177,7 @@ def cmd_process(args, config):
                 print(f"{path}: {outcome.action} {outcome.detail}".rstrip())
         return code
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def _processing_config(config: Config) -> Config:
@@ -273,16 +197,16 @@ def cmd_deliver(args, config):
     recipient = args.recipient or os.environ.get("ORIGINAL_RECIPIENT") or os.environ.get(
         "RECIPIENT", "")
     if not data.strip():
-        _error("empty message on standard input")
+        error("empty message on standard input")
         return 1
     if not recipient:
-        _error("no recipient: give one, or set RECIPIENT")
+        error("no recipient: give one, or set RECIPIENT")
         return 1
     try:
         spool = Spool(config.spool.path, fsync=config.spool.fsync)
         path = spool.deliver_sync(data, recipient, os.environ.get("SENDER"))
     except Exception as e:
-        _error(f"cannot store the message in {config.spool.path}: {e}")
+        error(f"cannot store the message in {config.spool.path}: {e}")
         return EX_TEMPFAIL
     print(os.path.basename(path))
     return 0
@@ -328,7 +252,7 @@ def cmd_outbox(args, config):
         print(f"failed   {summary.failed}")
         print(f"oldest due  {_age(summary.oldest_due, now)}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_status(args, config):
@@ -357,7 +281,7 @@ def cmd_status(args, config):
               f"sent {summary.sent}, failed {summary.failed}, "
               f"oldest due {_age(summary.oldest_due, now)}")
 
-    return _run_with_store(config, body)
+    return run_with_store(config, body)
 
 
 def cmd_requeue(args, config):
@@ -373,30 +297,6 @@ def cmd_requeue(args, config):
     if not moved:
         print(f"nothing in {args.where}/")
     return 0
-
-
-class Progress:
-    """
-    A progress bar on a terminal, nothing otherwise.
-    """
-
-    def __init__(self, stream, total: int):
-        self.stream = stream
-        self.total = total
-        self.active = bool(total) and getattr(stream, "isatty", lambda: False)()
-
-    def update(self, position: int) -> None:
-        if not self.active:
-            return
-        fraction = min(1.0, position / self.total) if self.total else 0
-        filled = int(fraction * 40)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (40 - filled)}] {fraction:6.1%}")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.active:
-            self.update(self.total)
-            self.stream.write("\n")
 
 
 # ---------------------------------------------------------------------------
@@ -484,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = _config(args)
+        config = config_from_args(args)
         return args.func(args, config) or 0
     except (ConfigError, TrackerError) as e:
-        _error(str(e))
+        error(str(e))
         return 1
     except KeyboardInterrupt:
         return 1

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from trackermail.cli_support import CommandError, Progress, run_with_store
 from trackermail.errors import InvalidValue, TrackerError
 from trackermail.store.sql import Exec, Many, Rows
 from trackermail.validation import check_package_name, normalize_email
@@ -376,8 +377,6 @@ def cmd_import_distro_tracker(args, config):
     subscriber dump. Exit 0 once imported (skipped entries are reported on
     stderr and counted in the summary), 1 when the file cannot be read.
     """
-    from trackermail import cli
-
     started = time.monotonic()
     shown = [0]
 
@@ -392,10 +391,10 @@ def cmd_import_distro_tracker(args, config):
     bad_lines = len(dump.problems)
     mapping = dump.subscriptions
     if not any(mapping.values()):
-        raise cli.CommandError(f"{args.file}: no subscriptions found")
+        raise CommandError(f"{args.file}: no subscriptions found")
 
     async def body(store):
-        bar = cli.Progress(sys.stderr, len(mapping))
+        bar = Progress(sys.stderr, len(mapping))
         result = await import_dump(store, mapping, progress=bar.update, warn=warn)
         bar.done()
         if shown[0] > MAX_WARNINGS_SHOWN:
@@ -410,4 +409,4 @@ def cmd_import_distro_tracker(args, config):
               f"in {elapsed:.1f}s")
         return 0
 
-    return cli._run_with_store(config, body)
+    return run_with_store(config, body)
