@@ -27,6 +27,12 @@ from urllib.parse import quote
 
 from twisted.logger import Logger
 
+from trackermail.store.bounce_stats import record_sent_ids
+from trackermail.store.news import add_news
+from trackermail.store.outbox import enqueue
+from trackermail.store.packages import package_id
+from trackermail.store.subscriptions import fanout_recipients
+from trackermail.store.teams import get_team, team_member_ids
 from trackermail.vendor.base import (
     SkipMessage,
     has_header,
@@ -447,7 +453,6 @@ def handle_dispatch(incoming, ctx):
     """
     from trackermail.news import news_for
     from trackermail.processing import Outcome
-    from trackermail.store import ops
 
     msg = incoming.msg
     if has_dispatch_loop(msg, ctx.fqdn):
@@ -467,9 +472,9 @@ def handle_dispatch(incoming, ctx):
     news_count = 0
     for draft in news_for(msg, incoming.raw, found, ctx.vendor):
         if not draft.create_package:
-            if (yield from ops.package_id(draft.package)) is None:
+            if (yield from package_id(draft.package)) is None:
                 continue
-        yield from ops.add_news(draft.package, draft.title, draft.content,
+        yield from add_news(draft.package, draft.title, draft.content,
                                 draft.content_type, draft.created_by, ctx.now,
                                 create_package=draft.create_package)
         news_count += 1
@@ -478,13 +483,13 @@ def handle_dispatch(incoming, ctx):
     seen: set[int] = set()
     deliveries = []
     for package in found.packages:
-        recipients = yield from ops.fanout_recipients(package, found.keyword)
+        recipients = yield from fanout_recipients(package, found.keyword)
         recipients = [r for r in recipients if r[1] not in seen]
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
     if deliveries:
-        yield from ops.enqueue(raw, deliveries, ctx.now)
-        yield from ops.record_sent_ids(sorted(seen), ctx.today)
+        yield from enqueue(raw, deliveries, ctx.now)
+        yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
         f"to {len(deliveries)} recipients" if deliveries else "nobody wants it",
@@ -500,13 +505,12 @@ def handle_team(incoming, ctx):
     is dropped (it reaches team members through dispatch).
     """
     from trackermail.processing import Outcome
-    from trackermail.store import ops
 
     msg = incoming.msg
     slug = getattr(incoming.route, "team", None) or ""
     if has_dispatch_loop(msg, ctx.fqdn):
         return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
-    team = yield from ops.get_team(slug)
+    team = yield from get_team(slug)
     if team is None:
         return Outcome("dropped", f"there is no team {slug!r}")
     try:
@@ -516,13 +520,13 @@ def handle_team(incoming, ctx):
     if found.packages:
         return Outcome("dropped", "automatic mail about a package",
                        {"packages": list(found.packages)})
-    rows = yield from ops.team_member_ids(slug)
+    rows = yield from team_member_ids(slug)
     raw = _body_without_envelope_line(incoming.raw)
     deliveries = plan_deliveries(ctx, raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
-        yield from ops.enqueue(raw, deliveries, ctx.now)
-        yield from ops.record_sent_ids([i for _, i in rows], ctx.today)
+        yield from enqueue(raw, deliveries, ctx.now)
+        yield from record_sent_ids([i for _, i in rows], ctx.today)
     return Outcome("forwarded" if deliveries else "dropped",
                    f"to {len(deliveries)} members of {slug}",
                    {"team": slug, "recipients": len(deliveries)})

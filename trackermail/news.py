@@ -19,9 +19,9 @@ from twisted.logger import Logger
 from trackermail.dispatch import MAX_PACKAGES, Classification, normalise_package
 from trackermail.vendor.base import (
     IVendor,
-    parse_address,
     header_value,
     load_vendor,
+    parse_address,
     sender_name,
 )
 

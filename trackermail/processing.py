@@ -31,7 +31,7 @@ from trackermail import metrics, routing
 from trackermail.config import Config
 from trackermail.errors import PermanentFailure, TemporaryFailure, TrackerError
 from trackermail.mail import header
-from trackermail.store import ops
+from trackermail.store.ledger import mark_processed
 
 log = Logger()
 
@@ -195,7 +195,7 @@ class Processor:
         handler = self.handlers[incoming.route.service]
 
         def transaction():
-            fresh = yield from ops.mark_processed(incoming.digest, ctx.now,
+            fresh = yield from mark_processed(incoming.digest, ctx.now,
                                                   incoming.route.service)
             if not fresh:
                 return Outcome("duplicate", "already processed")

@@ -5,9 +5,8 @@ in-memory store. Expected outcomes: an Outcome, or a PermanentFailure.
 
 import sys
 
-import atheris
-
 import _common  # noqa: F401  (sys.path)
+import atheris
 
 with atheris.instrument_imports():
     import email

@@ -27,6 +27,7 @@ from trackermail.bounces import analyzer, verp
 from trackermail.control import parser
 from trackermail.errors import PermanentFailure
 from trackermail.processing import Outcome
+from trackermail.store.subscriptions import subscribe
 
 FUZZ = settings(
     max_examples=300,
@@ -426,10 +427,9 @@ def any_service_mails(draw) -> bytes:
 
 class PipelineFuzzTests(SynchronousTestCase):
     def setUp(self):
-        from trackermail.store import ops
 
         self.processor, self.store, self.clock = make_pipeline(self)
-        self.successResultOf(self.store.run(ops.subscribe, "alice@example.org", "dpkg"))
+        self.successResultOf(self.store.run(subscribe, "alice@example.org", "dpkg"))
 
     def process(self, raw):
         self.clock.now += 1
