@@ -20,7 +20,8 @@ from twisted.trial.unittest import TestCase
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
 from trackermail.config import config_from_dict
 from trackermail.control.handler import handle_control
-from trackermail.processing import Context, Incoming, parse_message
+from trackermail.handling import Context, Incoming
+from trackermail.message import parse_message
 from trackermail.routing import Route
 from trackermail.store.outbox import delivery_rows, outbox_body
 from trackermail.store.packages import add_package

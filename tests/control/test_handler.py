@@ -14,7 +14,7 @@ from tests.control import (
 )
 from trackermail.control import commands
 from trackermail.control.handler import handle_control
-from trackermail.processing import Context
+from trackermail.handling import Context
 from trackermail.store.keywords import default_keywords
 from trackermail.store.outbox import delivery_rows
 

@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from trackermail.bounces import verp
 from trackermail.bounces.analyzer import detect
 from trackermail.bounces.spamtext import is_spam_rejection
-from trackermail.mail import build_mail
+from trackermail.handling import Outcome
+from trackermail.message import build_mail
 from trackermail.store.bounce_stats import (
     recent_mail_days,
     record_bounce,
@@ -96,7 +97,6 @@ def handle_bounces(incoming, ctx):
     """
     Store program for mail to C{bounces+…@FQDN}.
     """
-    from trackermail.processing import Outcome
 
     secret = ctx.config.tracker.secret_key
     local = getattr(incoming.route, "verp", None) or ""

@@ -24,12 +24,17 @@ from trackermail.control.parser import (
     NotCommand,
     lines_of,
     parse,
-    plain_text,
     subject_line,
 )
 from trackermail.errors import InvalidValue
-from trackermail.mail import address_of, build_mail, header, headers_all
-from trackermail.processing import Outcome
+from trackermail.handling import Outcome
+from trackermail.message import (
+    address_of,
+    build_mail,
+    header,
+    header_values,
+    plain_text,
+)
 from trackermail.store.confirmations import reserve_key
 from trackermail.store.outbox import enqueue
 from trackermail.validation import normalize_email
@@ -169,7 +174,7 @@ def drop_reason(incoming, control: str) -> str | None:
     RFC 3834), or None.
     """
     msg = incoming.msg
-    for value in headers_all(msg, "X-Loop"):
+    for value in header_values(msg, "X-Loop"):
         if control.lower() in value.lower():
             return f"X-Loop: {control}"
     auto = header(msg, "Auto-Submitted", "").split(";")[0].strip().lower()
