@@ -410,3 +410,10 @@ def cmd_import_distro_tracker(args, config):
         return 0
 
     return run_with_store(config, body)
+
+
+def register(add) -> None:
+    """Add C{import-distro-tracker} through C{add(name, func, help)}."""
+    p = add("import-distro-tracker", cmd_import_distro_tracker,
+            "import a distro-tracker subscriber dump (JSON, plain or UDD format)")
+    configure_parser(p)
