@@ -5,7 +5,6 @@ out to a loopback SMTP sink. What a user of control@ and dispatch@ sees.
 
 import email
 import email.policy
-import os
 import smtplib
 import time
 
@@ -14,9 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.outbound import SinkFactory
-from trackermail.config import config_from_dict
-from trackermail.service import buildService
+from tests.support.tracker import start_tracker
 from trackermail.store.bounce_stats import bounce_stats, record_sent
 from trackermail.store.confirmations import create_confirmation, take_confirmation
 from trackermail.store.packages import add_package
@@ -46,28 +43,9 @@ class TrackerServiceTests(TestCase):
     timeout = 120
 
     async def start_tracker(self):
-        self.sink = SinkFactory()
-        sink_port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
-        self.addCleanup(sink_port.stopListening)
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "s" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "rescan_interval": 5},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": ["tcp:0:interface=127.0.0.1"]},
-            "outbound": {"smarthost": f"127.0.0.1:{sink_port.getHost().port}",
-                         "connections": 2, "retry_initial": 1},
-        })
-        self.top = buildService(config, reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        lmtp = self.top.getServiceNamed("lmtp:tcp:0:interface=127.0.0.1")
-        port = await lmtp._waitingForPort
-        self.lmtp_port = port.getHost().port
-        self.store = self.top.getServiceNamed("store").store
-        await self.top.getServiceNamed("store").when_ready()
+        tracker = await start_tracker(self, sink=True, spool={"rescan_interval": 5})
+        self.top, self.store, self.sink = tracker.top, tracker.store, tracker.sink
+        self.lmtp_port = tracker.ports["lmtp"]
 
     def mails_to(self, rcpt):
         found = []

@@ -29,6 +29,7 @@ from tests.support.pipeline import (
     parse,
 )
 from tests.support.stores import make_memory_store
+from tests.support.tracker import start_tracker
 from trackermail import metrics, web
 from trackermail.config import config_from_dict
 from trackermail.errors import StoreUnavailable
@@ -453,27 +454,12 @@ class LoopbackTests(TestCase):
     timeout = 60
 
     async def start_tracker(self):
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "s" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "fsync": False},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": []},
-            "outbound": {"enabled": False},
-            "http": {"listen": ["tcp:0:interface=127.0.0.1"],
-                     "public_url": "http://127.0.0.1"},
-        })
-        self.secret = config.tracker.secret_key
-        self.top = buildService(config, reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        http = self.top.getServiceNamed("http:tcp:0:interface=127.0.0.1")
-        port = await http._waitingForPort
-        self.base = f"http://127.0.0.1:{port.getHost().port}".encode()
-        self.store = self.top.getServiceNamed("store").store
-        await self.top.getServiceNamed("store").when_ready()
+        tracker = await start_tracker(
+            self, spool={"fsync": False}, lmtp={"listen": []},
+            http={"listen": ["tcp:0:interface=127.0.0.1"], "public_url": "http://127.0.0.1"})
+        self.top, self.store = tracker.top, tracker.store
+        self.secret = tracker.config.tracker.secret_key
+        self.base = f"http://127.0.0.1:{tracker.ports['http']}".encode()
         self.agent = Agent(reactor)
         await self.store.run(subscribe, "jane@example.net", "dpkg")
 

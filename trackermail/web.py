@@ -23,7 +23,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.application import strports
 from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -33,6 +32,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from trackermail import metrics
+from trackermail.endpoints import ListeningService
 from trackermail.errors import InvalidValue, TemporaryFailure
 from trackermail.signing import ExpiredToken, InvalidToken, check_unsubscribe_token
 from trackermail.store.ledger import ping
@@ -505,7 +505,5 @@ def make_http_services(config, store, spool, reactor, ready=None) -> list[IServi
     site = make_site(config, store, spool, reactor, ready)
     services: list[IService] = []
     for description in config.http.listen:
-        svc = strports.service(description, site, reactor=reactor)
-        svc.setName("http:" + description)
-        services.append(svc)
+        services.append(ListeningService("http", description, site, reactor))
     return services
