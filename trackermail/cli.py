@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trackermail.importer import cmd_import_distro_tracker, configure_parser
 
     p = add("import-distro-tracker", cmd_import_distro_tracker,
-            "import a distro-tracker subscriber dump (JSON, plain or UDD format)")
+            "import distro-tracker's export (dumpdata) or a subscriber dump")
     configure_parser(p)
     add("stats", cmd_stats, "print counts of what the store holds")
     p = add("news", cmd_news, "list news items")
