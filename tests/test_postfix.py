@@ -34,6 +34,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support.outbound import SinkFactory
 from trackermail.config import config_from_dict
 from trackermail.service import buildService
+from trackermail.store.packages import add_package
+from trackermail.store.subscriptions import subscribe
 
 FQDN = "tracker.example.org"
 MTA_HOSTNAME = "mta.test.invalid"
@@ -353,7 +355,7 @@ class PostfixRecipeTests(TestCase):
     async def test_control_mail_through_postfix(self):
         """Mail to control@ via Postfix reaches the tracker; its replies leave via Postfix."""
         await self.start_all()
-        await self.store.add_package("dpkg")
+        await self.store.run(add_package, "dpkg")
         request = (f"From: Jane <jane@example.net>\r\nTo: control@{FQDN}\r\n"
                    "Subject: subscribe dpkg\r\nMessage-ID: <pf-req1@example.net>\r\n\r\n"
                    "thanks\r\n").encode()
@@ -378,8 +380,8 @@ class PostfixRecipeTests(TestCase):
     async def test_dispatch_copy_through_postfix(self):
         """Package mail to dispatch@ via Postfix reaches subscribers via Postfix."""
         await self.start_all()
-        await self.store.add_package("dpkg")
-        await self.store.subscribe("jane@example.net", "dpkg")
+        await self.store.run(add_package, "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
         bug = (b"From: rep@example.org\r\nSubject: Bug#7: dpkg broken\r\n"
                b"Message-ID: <pf-bug7@bugs.example.org>\r\n"
                b"X-Distro-Tracker-Package: dpkg\r\nX-Distro-Tracker-Keyword: bts\r\n"
@@ -420,8 +422,8 @@ class PostfixRecipeTests(TestCase):
             raise SkipTest(f"no user {PIPE_USER!r} to run the pipe transport as")
         await deferToThread(_pipe_python)
         await self.start_all(pipe=True)
-        await self.store.add_package("dpkg")
-        await self.store.subscribe("jane@example.net", "dpkg")
+        await self.store.run(add_package, "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
         mail = (b"From: dev@example.org\r\nSubject: dpkg 1.22 uploaded\r\n"
                 b"Message-ID: <pf-pipe1@example.org>\r\n\r\nnew version\r\n")
         await deferToThread(smtp_send, self.postfix.port, "dev@example.org",

@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from trackermail.config import config_from_dict
 from trackermail.service import buildService
 from trackermail.signing import make_unsubscribe_token
+from trackermail.store.subscriptions import subscribe, subscriptions_of
 
 CHROMIUM = shutil.which("chromium")
 FQDN = "tracker.example.org"
@@ -265,8 +266,8 @@ class BrowserUnsubscribeTests(TestCase):
         port = await top.getServiceNamed("http:tcp:0:interface=127.0.0.1")._waitingForPort
         self.store = top.getServiceNamed("store").store
         await top.getServiceNamed("store").when_ready()
-        await self.store.subscribe("jane@example.net", "dpkg")
-        await self.store.subscribe("jane@example.net", "apt")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "apt")
         token = make_unsubscribe_token(config.tracker.secret_key, "dpkg",
                                        "jane@example.net", int(time.time()))
         self.url = f"http://127.0.0.1:{port.getHost().port}/unsubscribe/{token}"
@@ -328,7 +329,7 @@ class BrowserUnsubscribeTests(TestCase):
         self.assertIn("<button", dom)
         self.assertIn("jane@example.net", dom)
         self.assertIn("dpkg", dom)
-        self.assertEqual(await self.store.subscriptions_of("jane@example.net"),
+        self.assertEqual(await self.store.run(subscriptions_of, "jane@example.net"),
                          ["apt", "dpkg"])
 
         port = await deferToThread(self.start_browser)
@@ -339,6 +340,6 @@ class BrowserUnsubscribeTests(TestCase):
         self.assertEqual(seen["after_title"], "Unsubscribed")
         self.assertIn("will no longer receive mail", seen["after_text"])
         self.assertEqual(seen["after_url"], self.url)
-        self.assertEqual(await self.store.subscriptions_of("jane@example.net"), ["apt"])
+        self.assertEqual(await self.store.run(subscriptions_of, "jane@example.net"), ["apt"])
         # Let the HTTP connections of the closed browser settle.
         await task.deferLater(reactor, 0.1, lambda: None)

@@ -24,6 +24,14 @@ from trackermail.cli_support import (
 )
 from trackermail.config import Config
 from trackermail.errors import ConfigError, TrackerError
+from trackermail.store.keywords import add_keyword
+from trackermail.store.ledger import stats
+from trackermail.store.news import news
+from trackermail.store.outbox import outbox_summary
+from trackermail.store.packages import add_package, import_sources
+from trackermail.store.schema import current_version
+from trackermail.store.subscriptions import dump_subscribers, subscribe, unsubscribe_all
+from trackermail.store.teams import add_team, team_add_package
 
 # ---------------------------------------------------------------------------
 # Commands
@@ -31,7 +39,7 @@ from trackermail.errors import ConfigError, TrackerError
 
 def cmd_migrate(args, config):
     async def body(store):
-        version = await store.schema_version()
+        version = await store.run(current_version, store.dialect)
         print(f"schema version {version}")
 
     return run_with_store(config, body, migrate=True)
@@ -41,7 +49,7 @@ def cmd_add_package(args, config):
     kind = "pseudo" if args.pseudo else "source"
 
     async def body(store):
-        await store.add_package(args.source, kind, args.binary or ())
+        await store.run(add_package, args.source, kind, args.binary or ())
         print(f"{kind} package {args.source}" +
               (f" with binaries {', '.join(args.binary)}" if args.binary else ""))
 
@@ -66,7 +74,7 @@ def cmd_import_sources(args, config):
         raise CommandError(f"{args.file}: no package paragraphs found")
 
     async def body(store):
-        sources, binaries = await store.import_sources(entries)
+        sources, binaries = await store.run(import_sources, entries)
         elapsed = time.monotonic() - started
         print(f"imported {sources} source packages and {binaries} binary mappings "
               f"from {len(entries)} paragraphs in {elapsed:.1f}s")
@@ -76,7 +84,7 @@ def cmd_import_sources(args, config):
 
 def cmd_add_keyword(args, config):
     async def body(store):
-        await store.add_keyword(args.name, args.default, args.description or "")
+        await store.run(add_keyword, args.name, args.default, args.description or "")
         print(f"keyword {args.name}" + (" (default)" if args.default else ""))
 
     return run_with_store(config, body)
@@ -84,7 +92,7 @@ def cmd_add_keyword(args, config):
 
 def cmd_add_team(args, config):
     async def body(store):
-        await store.add_team(args.slug, args.name, args.owner, public=not args.private)
+        await store.run(add_team, args.slug, args.name, args.owner, public=not args.private)
         print(f"team {args.slug}")
 
     return run_with_store(config, body)
@@ -92,7 +100,7 @@ def cmd_add_team(args, config):
 
 def cmd_team_add_package(args, config):
     async def body(store):
-        await store.team_add_package(args.slug, args.package)
+        await store.run(team_add_package, args.slug, args.package)
         print(f"team {args.slug} has package {args.package}")
 
     return run_with_store(config, body)
@@ -100,7 +108,7 @@ def cmd_team_add_package(args, config):
 
 def cmd_subscribe(args, config):
     async def body(store):
-        new = await store.subscribe(args.email, args.package, now=time.time())
+        new = await store.run(subscribe, args.email, args.package, now=time.time())
         print(f"{args.email} {'subscribed to' if new else 'was already subscribed to'} "
               f"{args.package}")
 
@@ -109,7 +117,7 @@ def cmd_subscribe(args, config):
 
 def cmd_unsubscribe_all(args, config):
     async def body(store):
-        packages = await store.unsubscribe_all(args.email)
+        packages = await store.run(unsubscribe_all, args.email)
         if packages:
             print(f"{args.email} unsubscribed from {', '.join(packages)}")
         else:
@@ -120,7 +128,7 @@ def cmd_unsubscribe_all(args, config):
 
 def cmd_dump_subscribers(args, config):
     async def body(store):
-        dump = await store.dump_subscribers(args.packages)
+        dump = await store.run(dump_subscribers, args.packages)
         json.dump(dump, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
 
@@ -129,17 +137,17 @@ def cmd_dump_subscribers(args, config):
 
 def cmd_stats(args, config):
     async def body(store):
-        stats = await store.stats()
-        width = max(len(k) for k in stats.__dataclass_fields__)
-        for key in stats.__dataclass_fields__:
-            print(f"{key.replace('_', ' '):<{width}}  {getattr(stats, key)}")
+        counts = await store.run(stats)
+        width = max(len(k) for k in counts.__dataclass_fields__)
+        for key in counts.__dataclass_fields__:
+            print(f"{key.replace('_', ' '):<{width}}  {getattr(counts, key)}")
 
     return run_with_store(config, body)
 
 
 def cmd_news(args, config):
     async def body(store):
-        items = await store.news(args.package, args.limit)
+        items = await store.run(news, args.package, args.limit)
         for item in items:
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.created))
             print(f"{when}  {item.package:<20}  {item.title}  ({item.created_by})")
@@ -245,7 +253,7 @@ def _age(since: float | None, now: float) -> str:
 def cmd_outbox(args, config):
     async def body(store):
         now = time.time()
-        summary = await store.outbox_summary(now)
+        summary = await store.run(outbox_summary, now)
         print(f"queued   {summary.queued}")
         print(f"sending  {summary.sending}")
         print(f"sent     {summary.sent}")
@@ -276,7 +284,7 @@ def cmd_status(args, config):
             continue
 
     async def body(store):
-        summary = await store.outbox_summary(now)
+        summary = await store.run(outbox_summary, now)
         print(f"outbox queued {summary.queued}, sending {summary.sending}, "
               f"sent {summary.sent}, failed {summary.failed}, "
               f"oldest due {_age(summary.oldest_due, now)}")

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from trackermail.config import Config, load_config
 from trackermail.errors import TrackerError
+from trackermail.store.schema import current_version
 
 EX_TEMPFAIL = 75
 
@@ -85,7 +86,7 @@ def run_with_store(config: Config, body: Callable, migrate: bool = False) -> int
 async def check_schema(store) -> None:
     from trackermail.store import schema
 
-    version = await store.schema_version()
+    version = await store.run(current_version, store.dialect)
     if version < schema.latest_version():
         raise CommandError(
             f"the database is at schema version {version}, not "

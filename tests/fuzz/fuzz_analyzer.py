@@ -5,9 +5,8 @@ stay consistent. Seed it with tests/bounces/fixtures (see README).
 
 import sys
 
-import atheris
-
 import _common  # noqa: F401  (sys.path)
+import atheris
 
 with atheris.instrument_imports():
     from trackermail.bounces import analyzer

@@ -25,13 +25,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.outbound.test_client import body_with_dot_at, ehlo_reply, normalise
+from tests.support.outbound import MemoryOutboundTransport, SinkFactory
+from tests.support.tlsca import TestCA
 from trackermail.config import OutboundSection
 from trackermail.errors import ConfigError
 from trackermail.outbound.interface import IOutboundTransport
 from trackermail.outbound.pool import SMTPPool, pool_from_config
-from tests.outbound.test_client import body_with_dot_at, ehlo_reply, normalise
-from tests.support.outbound import MemoryOutboundTransport, SinkFactory
-from tests.support.tlsca import TestCA
 
 
 class FakeEndpoint:
