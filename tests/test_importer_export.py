@@ -21,8 +21,18 @@ from trackermail.distro_tracker import (
     read_export,
 )
 from trackermail.importer import DumpError, import_export, read_dump
-from trackermail.store import ops
-from trackermail.store.interface import BounceDay
+from trackermail.store.bounce_stats import BounceDay, bounce_stats
+from trackermail.store.keywords import default_keywords, keywords as all_keywords
+from trackermail.store.packages import add_package, get_package, resolve_package
+from trackermail.store.subscriptions import (
+    is_subscribed,
+    recipients_for,
+    subscribe,
+    subscribers_of,
+    subscription_keywords,
+    subscriptions_of,
+)
+from trackermail.store.teams import get_team, team_member_ids
 
 
 def row(model, pk, **fields):
@@ -227,7 +237,7 @@ class _Imports:
 
     def reach(self, package, keyword):
         """(direct subscribers, team members) a mail of package/keyword reaches."""
-        direct, team = self.successResultOf(self.store.run(ops.recipients_for, package,
+        direct, team = self.successResultOf(self.store.run(recipients_for, package,
                                                            keyword))
         return sorted(direct), sorted(email for email, _ in team)
 
@@ -243,24 +253,24 @@ class ImportExportTests(_Imports, SynchronousTestCase):
                                                     ["carol@example.com"]))
         self.assertEqual(self.reach("apt", "bts"), ([], []))
         self.assertEqual(self.reach("wnpp", "default"), ([], []))
-        self.assertEqual(self.successResultOf(self.store.subscriptions_of("bob@example.org")),
+        self.assertEqual(self.successResultOf(self.store.run(subscriptions_of, "bob@example.org")),
                          ["wnpp"])
-        self.assertFalse(self.successResultOf(self.store.run(ops.is_subscribed,
+        self.assertFalse(self.successResultOf(self.store.run(is_subscribed,
                                                              "bob@example.org", "dpkg")))
 
     def test_packages_teams_and_bounces(self):
         """Kinds, binaries, teams (owner not made a member) and bounce days are stored."""
         self.imported(base_export())
-        resolved = self.successResultOf(self.store.resolve_package("libapt-pkg"))
+        resolved = self.successResultOf(self.store.run(resolve_package, "libapt-pkg"))
         self.assertEqual((resolved.kind, resolved.source), ("binary", "apt"))
-        self.assertEqual(self.successResultOf(self.store.get_package("wnpp")).kind, "pseudo")
-        self.assertEqual(self.successResultOf(self.store.get_package("ghost")).kind, "other")
-        found = self.successResultOf(self.store.get_team("core-team"))
+        self.assertEqual(self.successResultOf(self.store.run(get_package, "wnpp")).kind, "pseudo")
+        self.assertEqual(self.successResultOf(self.store.run(get_package, "ghost")).kind, "other")
+        found = self.successResultOf(self.store.run(get_team, "core-team"))
         self.assertEqual((found.name, found.public, found.owner),
                          ("Core-Team", True, "jane@example.net"))
-        members = self.successResultOf(self.store.run(ops.team_member_ids, "core-team"))
+        members = self.successResultOf(self.store.run(team_member_ids, "core-team"))
         self.assertEqual([email for email, _ in members], ["carol@example.com"])
-        self.assertEqual(self.successResultOf(self.store.bounce_stats("bob@example.org")),
+        self.assertEqual(self.successResultOf(self.store.run(bounce_stats, "bob@example.org")),
                          [BounceDay("2024-05-01", 3, 3)])
 
     def test_second_run_changes_nothing_and_says_so(self):
@@ -278,7 +288,7 @@ class ImportExportTests(_Imports, SynchronousTestCase):
     def test_newer_export_wins_for_what_it_names(self):
         """A later export changes the rows it names and leaves the others alone."""
         self.imported(base_export())
-        self.successResultOf(self.store.subscribe("dave@example.org", "dpkg"))
+        self.successResultOf(self.store.run(subscribe, "dave@example.org", "dpkg"))
         rows = base_export()
         rows[rows.index(subscription(2, 1, APT, keywords=[VCS]))] = subscription(2, 1, APT)
         rows[rows.index(member(2, BOB, 1, muted=True))] = member(2, BOB, 1, keywords=[VCS])
@@ -290,7 +300,7 @@ class ImportExportTests(_Imports, SynchronousTestCase):
         self.assertEqual(self.reach("apt", "bts"), (["jane@example.net"], []))
         self.assertEqual(self.reach("dpkg", "vcs"), ([], ["Bob@Example.org"]))
         self.assertIn("dave@example.org",
-                      self.successResultOf(self.store.subscribers_of("dpkg")))
+                      self.successResultOf(self.store.run(subscribers_of, "dpkg")))
 
     def test_keyword_flags_follow_the_export(self):
         """
@@ -304,7 +314,7 @@ class ImportExportTests(_Imports, SynchronousTestCase):
         self.assertEqual((result.tallies["keywords"].created,
                           result.tallies["keywords"].updated), (1, 1))
         self.assertEqual(self.reach("dpkg", "vcs"), ([], ["carol@example.com"]))
-        names = {k.name: k.is_default for k in self.successResultOf(self.store.keywords())}
+        names = {k.name: k.is_default for k in self.successResultOf(self.store.run(all_keywords))}
         self.assertEqual((names["vcs"], names["custom"]), (True, False))
 
     def test_existing_store_state(self):
@@ -312,11 +322,11 @@ class ImportExportTests(_Imports, SynchronousTestCase):
         Name-only packages take the export's kind, a known source keeps its
         kind, and a subscription already as the export says is unchanged.
         """
-        self.successResultOf(self.store.subscribe("x@example.org", "wnpp"))
-        self.successResultOf(self.store.add_package("ghost"))
-        self.successResultOf(self.store.subscribe("jane@example.net", "dpkg"))
+        self.successResultOf(self.store.run(subscribe, "x@example.org", "wnpp"))
+        self.successResultOf(self.store.run(add_package, "ghost"))
+        self.successResultOf(self.store.run(subscribe, "jane@example.net", "dpkg"))
         result = self.imported(base_export())
-        kinds = {name: self.successResultOf(self.store.get_package(name)).kind
+        kinds = {name: self.successResultOf(self.store.run(get_package, name)).kind
                  for name in ("wnpp", "dpkg", "ghost")}
         self.assertEqual(kinds, {"wnpp": "pseudo", "dpkg": "source", "ghost": "source"})
         self.assertEqual((result.tallies["packages"].created,
@@ -363,8 +373,8 @@ class CaseVariantTests(_Imports, SynchronousTestCase):
         self.assertEqual(self.reach("apt", "vcs"), (["Jane@Example.net"], []))
         self.assertEqual(self.reach("apt", "bts"), ([], []))
         self.assertEqual(self.reach("apt", "default"), ([], []))
-        self.assertEqual(set(self.successResultOf(self.store.default_keywords("jane@example.net"))),
-                         {"default", "bts", "vcs"})
+        defaults = self.successResultOf(self.store.run(default_keywords, "jane@example.net"))
+        self.assertEqual(set(defaults), {"default", "bts", "vcs"})
         self.assertFalse(self.imported(self.rows()).changed)
 
 
@@ -403,7 +413,7 @@ class BatchingTests(_Imports, SynchronousTestCase):
         self.assertEqual(result.tallies["memberships"].created, 1000)
         self.assertLess(statements.count("import_addresses"), 40)
         self.assertLess(statements.count("import_teams"), 40)
-        self.assertEqual(len(self.successResultOf(self.store.subscribers_of("pkg8"))), 25)
+        self.assertEqual(len(self.successResultOf(self.store.run(subscribers_of, "pkg8"))), 25)
 
 
 class ExportFileTests(SynchronousTestCase):
@@ -494,14 +504,14 @@ class _RealStoreExportMixin:
         first = await import_export(store, export, batch_rows=3, now=1.0)
         self.assertTrue(first.changed)
         self.assertFalse((await import_export(store, export, batch_rows=3, now=2.0)).changed)
-        direct, team = await store.run(ops.recipients_for, "apt", "vcs")
+        direct, team = await store.run(recipients_for, "apt", "vcs")
         self.assertEqual((direct, team), (["jane@example.net"],
                                           [("carol@example.com", "core-team")]))
-        direct, team = await store.run(ops.recipients_for, "dpkg", "vcs")
+        direct, team = await store.run(recipients_for, "dpkg", "vcs")
         self.assertEqual((direct, team), (["jane@example.net"], []))
-        self.assertEqual(set(await store.subscription_keywords("jane@example.net", "dpkg")),
+        self.assertEqual(set(await store.run(subscription_keywords, "jane@example.net", "dpkg")),
                          {"default", "bts", "vcs"})
-        self.assertEqual(await store.bounce_stats("bob@example.org"),
+        self.assertEqual(await store.run(bounce_stats, "bob@example.org"),
                          [BounceDay("2024-05-01", 3, 3)])
 
     async def test_tens_of_thousands_of_subscriptions(self):
@@ -515,7 +525,7 @@ class _RealStoreExportMixin:
         store = await self.make_store()
         result = await import_export(store, read_export(rows), now=1.0)
         self.assertEqual(result.tallies["subscriptions"].created, 30_000)
-        self.assertEqual(len(await store.subscribers_of("pkg8")), 15)
+        self.assertEqual(len(await store.run(subscribers_of, "pkg8")), 15)
 
 
 class SQLiteExportTests(_RealStoreExportMixin, TestCase):

@@ -29,7 +29,7 @@ from tests.test_importer_export import (
 )
 from trackermail.distro_tracker import read_export
 from trackermail.importer import import_export
-from trackermail.store import ops
+from trackermail.store.subscriptions import recipients_for
 
 KEYWORDS, PACKAGES, PEOPLE, TEAMS = 5, 8, 8, 3
 
@@ -130,7 +130,7 @@ class RandomExportTests(SynchronousTestCase):
             for p in range(1, PACKAGES + 1):
                 for k in range(1, KEYWORDS + 1):
                     direct, team_copies = self.successResultOf(
-                        store.run(ops.recipients_for, f"pkg{p}", f"kw{k}"))
+                        store.run(recipients_for, f"pkg{p}", f"kw{k}"))
                     got = {e.lower() for e in direct} | {e.lower() for e, _ in team_copies}
                     want = expected.get((f"pkg{p}", f"kw{k}"), set())
                     if got != want:

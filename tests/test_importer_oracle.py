@@ -31,14 +31,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.pipeline import FQDN, FakeClock, make_config
 from tests.support.stores import make_pg_store, make_sqlite_store
-from trackermail.dispatch import normalise_keyword, normalise_package
+from trackermail.classify import normalise_keyword
 from trackermail.errors import InvalidValue
 from trackermail.importer import import_export, read_dump
 from trackermail.processing import Processor
-from trackermail.routing import KEYWORD_RE, PACKAGE_RE
 from trackermail.service import default_handlers
-from trackermail.store import ops
-from trackermail.validation import normalize_email
+from trackermail.store.keywords import default_keywords, keywords as all_keywords
+from trackermail.store.outbox import delivery_rows
+from trackermail.store.subscriptions import is_subscribed, subscription_keywords, subscriptions_of
+from trackermail.store.teams import get_team, team_packages, teams_of
+from trackermail.validation import is_keyword, is_package_name, normalize_email
 
 ENV = "TRACKERMAIL_DISTRO_TRACKER"
 REQUIRED = "TRACKERMAIL_TEST_DATA_REQUIRED"
@@ -94,9 +96,9 @@ def raw_names(path: str) -> tuple[list[str], list[str], set[str]]:
 # keyword names (cvs, buildd, ...) as the keywords that replaced them. Such
 # names cannot be addressed, so their pairs are left out of the comparison.
 def unaddressable(package: str, keyword: str) -> str | None:
-    if not PACKAGE_RE.match(package) or normalise_package(package) != package:
+    if not is_package_name(package):
         return "package name that cannot be part of dispatch+PKG_KEYWORD@"
-    if not KEYWORD_RE.match(keyword) or normalise_keyword(keyword) != keyword:
+    if not is_keyword(keyword) or normalise_keyword(keyword) != keyword:
         return "keyword name that cannot be part of dispatch+PKG_KEYWORD@, or an old PTS name"
     return None
 
@@ -131,9 +133,9 @@ class _OracleMixin:
         return store, processor
 
     async def recipients(self, store, processor, to: str, subject: str) -> set[str]:
-        before = len(await store.run(ops.delivery_rows))
+        before = len(await store.run(delivery_rows))
         await processor.process_bytes(approved_mail(to, subject))
-        rows = await store.run(ops.delivery_rows)
+        rows = await store.run(delivery_rows)
         return {recipient.lower() for recipient, *_ in rows[before:]}
 
     async def test_every_pair_reaches_what_distro_tracker_mailed(self):
@@ -193,11 +195,11 @@ class _OracleMixin:
                                             f"hello {slug}")
                 self.assertEqual(got, {a.lower() for a in team["contact_recipients"]} - refused,
                                  slug)
-                found = await store.get_team(slug)
+                found = await store.run(get_team, slug)
                 self.assertEqual((found.name, found.public, (found.owner or "").lower()),
                                  (team["name"].strip() or slug, team["public"],
                                   (team["owner"] or "").lower()))
-                self.assertEqual(sorted(await store.team_packages(slug)),
+                self.assertEqual(sorted(await store.run(team_packages, slug)),
                                  sorted(team["packages"]))
 
     async def test_addresses_keep_their_subscriptions_and_teams(self):
@@ -212,7 +214,7 @@ class _OracleMixin:
                 continue
             store, _ = await self.imported(folder)
             refused = raw_names(os.path.join(folder, "dump.json"))[2]
-            flagged = {k.name for k in await store.keywords() if k.is_default}
+            flagged = {k.name for k in await store.run(all_keywords) if k.is_default}
             by_lower: dict[str, list] = {}
             for entry in read_jsonl(path):
                 by_lower.setdefault(entry["email"].lower(), []).append(entry)
@@ -220,9 +222,9 @@ class _OracleMixin:
                 if lower in refused:
                     continue
                 which = sorted({p for e in entries for p in e["which"]})
-                self.assertEqual(await store.subscriptions_of(lower), which, lower)
+                self.assertEqual(await store.run(subscriptions_of, lower), which, lower)
                 teams = sorted({trackermail_slug(t["team"]) for e in entries for t in e["teams"]})
-                self.assertEqual([t.slug for t in await store.teams_of(lower)], teams, lower)
+                self.assertEqual([t.slug for t in await store.run(teams_of, lower)], teams, lower)
                 # Deliberate difference (docs/migration.md, "Addresses"):
                 # spellings differing only in case are one address, with merged
                 # settings; what it receives is compared through dispatch above.
@@ -231,10 +233,10 @@ class _OracleMixin:
                 entry = entries[0]
                 defaults = (set(entry["default_keywords"]) if entry["has_email_settings"]
                             else flagged)
-                self.assertEqual(set(await store.default_keywords(lower)), defaults, lower)
+                self.assertEqual(set(await store.run(default_keywords, lower)), defaults, lower)
                 for sub in entry["subscriptions"]:
-                    active = await store.run(ops.is_subscribed, lower, sub["package"])
-                    keywords = await store.subscription_keywords(lower, sub["package"])
+                    active = await store.run(is_subscribed, lower, sub["package"])
+                    keywords = await store.run(subscription_keywords, lower, sub["package"])
                     self.assertEqual((active, set(keywords)),
                                      (sub["active"], set(sub["keywords"])),
                                      f"{lower} {sub['package']}")
