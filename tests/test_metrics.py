@@ -15,7 +15,7 @@ from tests.support.pipeline import FQDN, deliver, make_pipeline
 from trackermail import metrics
 from trackermail.bounces import verp
 from trackermail.bounces.policy import permanent_failure
-from trackermail.errors import PermanentFailure
+from trackermail.errors import PermanentFailure, StoreUnavailable
 from trackermail.outbound.sender import OutboxSender
 from trackermail.store.bounce_stats import record_sent
 from trackermail.store.outbox import OutboxSummary, enqueue
@@ -104,6 +104,19 @@ class ProcessingMetricsTests(SynchronousTestCase):
         """A store error while processing counts as a temporary failure."""
         delta = Delta(series("trackermail_processing_failures_total", kind="temporary"))
 
+        def unreachable(incoming, ctx):
+            raise StoreUnavailable("PostgreSQL: connection refused")
+            yield
+
+        self.processor.handlers["dispatch"] = unreachable
+        raw = f"Delivered-To: dispatch@{FQDN}\r\n".encode() + BUG_MAIL
+        self.failureResultOf(self.processor.process_bytes(raw))
+        self.assertEqual(delta("trackermail_processing_failures_total", kind="temporary"), 1)
+
+    def test_handler_bug_counted_permanent(self):
+        """A bug in a handler counts as a permanent failure (the mail goes to failed/)."""
+        delta = Delta(series("trackermail_processing_failures_total", kind="permanent"))
+
         def broken(incoming, ctx):
             raise RuntimeError("a bug")
             yield
@@ -112,7 +125,7 @@ class ProcessingMetricsTests(SynchronousTestCase):
         raw = f"Delivered-To: dispatch@{FQDN}\r\n".encode() + BUG_MAIL
         self.failureResultOf(self.processor.process_bytes(raw))
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(delta("trackermail_processing_failures_total", kind="temporary"), 1)
+        self.assertEqual(delta("trackermail_processing_failures_total", kind="permanent"), 1)
 
     def test_confirmation_sent_counted(self):
         """A subscribe request by mail counts one confirmation sent."""

@@ -121,3 +121,15 @@ class Progress:
         if self.active:
             self.update(self.total)
             self.stream.write("\n")
+
+
+def format_age(since: float | None, now: float) -> str:
+    """How long ago C{since} was, for people: C{42s}, C{17m}, C{5h}; C{-} for none."""
+    if since is None:
+        return "-"
+    seconds = max(0, int(now - since))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"

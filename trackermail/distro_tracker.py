@@ -127,8 +127,26 @@ class Export:
     messages: list[str] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
 
-    def subscription_count(self) -> int:
-        return sum(len(a.subscriptions) for a in self.addresses.values())
+    def totals(self) -> dict[str, int]:
+        """How many rows of each kind the import brings to the store."""
+        members = [m for t in self.teams.values() for m in t.members.values()]
+        return {
+            "keywords": len(self.keywords),
+            "packages": len(self.packages),
+            "binary_packages": len(self.binaries),
+            "addresses": len(self.addresses),
+            "subscriptions": sum(len(a.subscriptions) for a in self.addresses.values()),
+            "teams": len(self.teams),
+            "team_packages": sum(len(set(t.packages)) for t in self.teams.values()),
+            "memberships": len(members),
+            "membership_packages": sum(len(m.packages) for m in members),
+            "bounce_stats": len(self.bounces),
+        }
+
+    def size(self) -> int:
+        """The units the import reports its progress in, all of them."""
+        totals = self.totals()
+        return sum(totals.values()) - totals["binary_packages"] - totals["membership_packages"]
 
 
 def looks_like_export(data) -> bool:

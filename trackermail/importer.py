@@ -444,7 +444,7 @@ def import_export(store, export: Export, progress: Callable[[int], None] | None 
     their default keywords, subscriptions, teams, memberships, bounce
     statistics. Rows of the store the export does not name are kept; rows
     it names take its values. One transaction per C{batch_rows} rows;
-    C{progress(n)} is called after each, up to L{export_size}.
+    C{progress(n)} is called after each, up to C{export.size()}.
 
     @return: a Deferred firing with an L{ExportResult}.
     """
@@ -492,7 +492,7 @@ def import_export(store, export: Export, progress: Callable[[int], None] | None 
             tallies["bounce_stats"].add(await store.run(importing.import_bounce_stats, batch))
             advance(size)
 
-        for key, total in _totals(export).items():
+        for key, total in export.totals().items():
             tallies[key].total = total
         result = ExportResult(tallies, sum(not s.active for a in export.addresses.values()
                                            for s in a.subscriptions.values()),
@@ -504,28 +504,6 @@ def import_export(store, export: Export, progress: Callable[[int], None] | None 
         return result
 
     return Deferred.fromCoroutine(run())
-
-
-def _totals(export: Export) -> dict[str, int]:
-    members = [m for t in export.teams.values() for m in t.members.values()]
-    return {
-        "keywords": len(export.keywords),
-        "packages": len(export.packages),
-        "binary_packages": len(export.binaries),
-        "addresses": len(export.addresses),
-        "subscriptions": export.subscription_count(),
-        "teams": len(export.teams),
-        "team_packages": sum(len(set(t.packages)) for t in export.teams.values()),
-        "memberships": len(members),
-        "membership_packages": sum(len(m.packages) for m in members),
-        "bounce_stats": len(export.bounces),
-    }
-
-
-def export_size(export: Export) -> int:
-    """The units L{import_export} reports progress in, all of them."""
-    totals = _totals(export)
-    return sum(totals.values()) - totals["binary_packages"] - totals["membership_packages"]
 
 
 # ---------------------------------------------------------------------------
@@ -584,6 +562,13 @@ def cmd_import_distro_tracker(args, config):
     return run_with_store(config, body)
 
 
+def register(add) -> None:
+    """Add C{import-distro-tracker} through C{add(name, func, help)}."""
+    p = add("import-distro-tracker", cmd_import_distro_tracker,
+            "import distro-tracker's export (dumpdata) or a subscriber dump")
+    configure_parser(p)
+
+
 def _import_export_command(args, config, export: Export, warn, shown, started) -> int:
     if not (export.keywords or export.packages or export.addresses or export.teams):
         raise CommandError(f"{args.file}: nothing to import (no keywords, packages, "
@@ -593,7 +578,7 @@ def _import_export_command(args, config, export: Export, warn, shown, started) -
     shown[0] += sum(export.problems.values()) - len(export.messages)
 
     async def body(store):
-        bar = Progress(sys.stderr, export_size(export))
+        bar = Progress(sys.stderr, export.size())
         result = await import_export(store, export, progress=bar.update)
         bar.done()
         if shown[0] > MAX_WARNINGS_SHOWN:

@@ -32,6 +32,10 @@ from trackermail.store.ledger import mark_processed
 log = Logger()
 
 
+class HandlerCrashed(PermanentFailure):
+    """A handler raised something nobody expected (a bug): logged, parked in failed/."""
+
+
 class UnknownService(PermanentFailure):
     """The delivery address routes to a service nobody implements."""
 
@@ -135,13 +139,19 @@ class Processor:
 
         try:
             outcome = await self.store.run(transaction)
-        except TrackerError:
+        except (TemporaryFailure, PermanentFailure):
             raise
+        except TrackerError as e:
+            # A handler's error that nobody declared temporary (a name the
+            # store rejects, an unknown team...) will fail the same way
+            # every time: retrying it for hours helps nobody.
+            raise PermanentFailure(f"{type(e).__name__}: {e}") from e
         except Exception as e:
-            # A bug or an unexpected driver error: log it with its traceback,
-            # and let the spool retry (then park the message in broken/).
+            # A bug or an unexpected driver error: logged with its traceback,
+            # and the mail is parked in failed/ for the operator, who can
+            # requeue it once the cause is fixed.
             log.failure("processing {msgid} failed unexpectedly", msgid=incoming.msgid)
-            raise TemporaryFailure(f"processing failed: {e!r}") from e
+            raise HandlerCrashed(f"processing failed: {e!r}") from e
         metrics.processed(incoming.route.service, outcome.action,
                           time.perf_counter() - started, outcome.fields)
         log.info(

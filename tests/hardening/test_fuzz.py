@@ -28,6 +28,7 @@ from trackermail.control import parser
 from trackermail.errors import PermanentFailure
 from trackermail.handling import Outcome
 from trackermail.message import plain_text
+from trackermail.processing import HandlerCrashed
 from trackermail.store.subscriptions import subscribe
 
 FUZZ = settings(
@@ -236,8 +237,9 @@ class ControlHandlerFuzzTests(SynchronousTestCase):
         if isinstance(result, Outcome):
             self.assertIn(result.action, ("replied", "ignored", "dropped", "duplicate"))
         else:
-            # A TemporaryFailure here is a handler bug wrapped by the processor.
-            self.assertTrue(result.check(PermanentFailure), result.getTraceback())
+            # HandlerCrashed is a handler bug wrapped by the processor.
+            self.assertTrue(result.check(PermanentFailure) and not result.check(HandlerCrashed),
+                            result.getTraceback())
 
 
 _ADDRESS_PARTS = st.sampled_from([
@@ -438,8 +440,9 @@ class PipelineFuzzTests(SynchronousTestCase):
         self.processor.process_bytes(raw).addBoth(results.append)
         [result] = results
         if not isinstance(result, Outcome):
-            # A TemporaryFailure here is a handler bug wrapped by the processor.
-            self.assertTrue(result.check(PermanentFailure), result.getTraceback())
+            # HandlerCrashed is a handler bug wrapped by the processor.
+            self.assertTrue(result.check(PermanentFailure) and not result.check(HandlerCrashed),
+                            result.getTraceback())
         return result
 
     @FUZZ
