@@ -128,7 +128,7 @@ class ParseDumpTests(SynchronousTestCase):
     def test_unknown_format_and_missing_file(self):
         """Text in no known format and a missing file are errors, not crashes."""
         e = self.assertRaises(DumpError, parse_dump, self.write(b"Hello,\nworld\n"))
-        self.assertIn("not a distro-tracker subscriber dump", str(e))
+        self.assertIn("not a distro-tracker dump", str(e))
         missing = os.path.join(self.mktemp(), "nope.json")
         self.assertRaises(DumpError, parse_dump, missing)
 
