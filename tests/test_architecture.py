@@ -30,7 +30,7 @@ _NOT_YET_SPLIT = {
     "trackermail/ingress/spool.py",
     "trackermail/outbound/client.py",
 }
-_SQL_NOT_YET_MOVED = {"trackermail/importer.py"}
+_SQL_NOT_YET_MOVED: set[str] = set()
 
 _SQL = re.compile(
     r"\b(SELECT\s+\S.*\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"

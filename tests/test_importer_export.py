@@ -22,7 +22,8 @@ from trackermail.distro_tracker import (
 )
 from trackermail.importer import DumpError, import_export, read_dump
 from trackermail.store.bounce_stats import BounceDay, bounce_stats
-from trackermail.store.keywords import default_keywords, keywords as all_keywords
+from trackermail.store.keywords import default_keywords
+from trackermail.store.keywords import keywords as all_keywords
 from trackermail.store.packages import add_package, get_package, resolve_package
 from trackermail.store.subscriptions import (
     is_subscribed,

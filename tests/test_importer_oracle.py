@@ -36,9 +36,14 @@ from trackermail.errors import InvalidValue
 from trackermail.importer import import_export, read_dump
 from trackermail.processing import Processor
 from trackermail.service import default_handlers
-from trackermail.store.keywords import default_keywords, keywords as all_keywords
+from trackermail.store.keywords import default_keywords
+from trackermail.store.keywords import keywords as all_keywords
 from trackermail.store.outbox import delivery_rows
-from trackermail.store.subscriptions import is_subscribed, subscription_keywords, subscriptions_of
+from trackermail.store.subscriptions import (
+    is_subscribed,
+    subscription_keywords,
+    subscriptions_of,
+)
 from trackermail.store.teams import get_team, team_packages, teams_of
 from trackermail.validation import is_keyword, is_package_name, normalize_email
 

@@ -36,7 +36,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from trackermail.errors import InvalidValue
-from trackermail.validation import check_keyword, check_package_name, check_slug, normalize_email
+from trackermail.validation import (
+    check_keyword,
+    check_package_name,
+    check_slug,
+    normalize_email,
+)
 
 KEYWORD = "core.keyword"
 PACKAGE = "core.packagename"
