@@ -4,6 +4,7 @@ Tests for L{trackermail.signing}.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 
@@ -16,6 +17,7 @@ from trackermail.signing import (
     InvalidToken,
     keyed_digest,
     parse_subscription_token,
+    subscription_signer,
     subscription_token,
     subscription_token_matches,
 )
@@ -122,6 +124,21 @@ class SubscriptionTokenTests(SynchronousTestCase):
         self.assertFalse(self.matches(token, salt="new-salt"))
         self.assertFalse(self.matches(self.token(secret=OTHER_SECRET)))
         self.assertFalse(self.matches(f"43.{token.split('.')[1]}", sid=43))
+
+    def test_mac_is_a_keyed_digest(self) -> None:
+        """
+        The MAC is keyed_digest over the package, id, address and salt, and
+        the fan-out signer makes the same tokens as subscription_token.
+        """
+        mac = keyed_digest(SECRET, "unsubscribe-subscription-v1", "dpkg", 42,
+                           "jane@example.org", "salt")[:16]
+        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        self.assertEqual(self.token(), f"42.{expected}")
+        sign = subscription_signer(SECRET, "dpkg")
+        for sid, email, salt in ((42, "jane@example.org", "salt"), (7, "\udcff@x", ""),
+                                 (2**63 - 1, "é@x.org", "ß")):
+            self.assertEqual(sign(sid, email, salt),
+                             subscription_token(SECRET, sid, "dpkg", email, salt))
 
     def test_bad_ids(self) -> None:
         """Ids that are not positive ints are refused when making a token."""

@@ -32,7 +32,7 @@ from trackermail.classify import classify
 from trackermail.handling import Outcome
 from trackermail.message import header_values
 from trackermail.news import news_for
-from trackermail.signing import subscription_token
+from trackermail.signing import subscription_signer
 from trackermail.store.bounce_stats import record_sent_ids
 from trackermail.store.news import add_news
 from trackermail.store.outbox import enqueue
@@ -240,8 +240,38 @@ def _verp_signer(ctx):
     return lambda email, email_id: verp.encode(email, day, secret, fqdn, email_id)
 
 
-def _unsubscribe_url(public: str, token: str) -> str:
-    return f"{public.rstrip('/')}/unsubscribe/{token}"
+class _UnsubscribeLines:
+    """
+    The C{List-Unsubscribe} lines of direct copies of one fan-out: the
+    parts every copy shares are made once, each copy adds its token.
+    """
+
+    def __init__(self, ctx, raw: bytes, package: str):
+        self.sign = subscription_signer(ctx.config.tracker.secret_key, package)
+        self.raw = raw
+        self.fqdn, self.package = ctx.fqdn, package
+        self.public = ctx.config.http.public_url.rstrip("/")
+        self.eol = line_ending(raw)
+        mailto = f"<mailto:control@{ctx.fqdn}?subject=unsubscribe%20{quote(package, safe='')}%20"
+        url = f"<{self.public}/unsubscribe/" if self.public else None
+        self.fast = mailto.isascii() and (url is None or url.isascii())
+        self.mailto = mailto.encode("ascii", "replace")
+        self.url = url.encode("ascii", "replace") if url else None
+        self.post = header_prefix(raw, [("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")])
+
+    def lines(self, binding) -> bytes:
+        token = self.sign(binding.subscription_id, binding.email_lower, binding.salt)
+        tok = token.encode("ascii")
+        if self.url is None:
+            value = self.mailto + tok + b">"
+        else:
+            value = b"".join((self.url, tok, b">, ", self.mailto, tok, b">"))
+        if not self.fast or len(value) > _MAX_LINE - 18:
+            url = f"{self.public}/unsubscribe/{token}" if self.public else None
+            return header_prefix(self.raw, unsubscribe_headers(self.fqdn, self.package,
+                                                               token, url))
+        line = b"List-Unsubscribe: " + value + self.eol
+        return line + self.post if self.url is not None else line
 
 
 def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
@@ -252,12 +282,11 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     subscriber's copy with a subscription binding
     (L{trackermail.store.subscriptions.Binding}) gets C{List-Unsubscribe}
     with its own token. The headers all copies share are rendered once per
-    team; a token copy adds one HMAC and one rendered header.
+    team; a token adds one HMAC and a line to its copy.
     """
     vendor = ctx.vendor
-    secret = ctx.config.tracker.secret_key
-    public = ctx.config.http.public_url if package else ""
     shared: dict = {}
+    unsubscribe = _UnsubscribeLines(ctx, raw, package) if package else None
     deliveries = []
     sign = _verp_signer(ctx)
     for recipient in recipients:
@@ -276,14 +305,8 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
                 plain = unsubscribe_headers(ctx.fqdn, package)
             parts = shared[team] = (header_prefix(raw, head), header_prefix(raw, tail),
                                     header_prefix(raw, head + plain + tail))
-        if binding is not None and team is None and package:
-            token = subscription_token(secret, binding.subscription_id, package,
-                                       binding.email_lower, binding.salt)
-            url = _unsubscribe_url(public, token) if public else None
-            prefix = b"".join((parts[0],
-                               header_prefix(raw, unsubscribe_headers(ctx.fqdn, package,
-                                                                      token, url)),
-                               parts[1]))
+        if binding is not None and team is None and unsubscribe is not None:
+            prefix = b"".join((parts[0], unsubscribe.lines(binding), parts[1]))
         else:
             prefix = parts[2]
         deliveries.append((email, sign(email, email_id), prefix))

@@ -9,8 +9,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.control import JANE, TOM, ControlMixin, backends
-from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
+from tests.support.pipeline import FQDN, deliver, make_config, make_pipeline, outbox, parse
+from trackermail.dispatch import forward_headers, header_prefix, plan_deliveries
+from trackermail.handling import Context
+from trackermail.signing import subscription_token
 from trackermail.store.subscriptions import (
+    Binding,
     subscribe,
     subscriptions_of,
     unsubscribe,
@@ -89,6 +93,27 @@ class RoundTripTests(SynchronousTestCase):
         self.send(f"control@{FQDN}", copies["bob@example.org"], sender="alice@example.org")
         self.assertEqual(self.run(subscriptions_of, "bob@example.org"), [])
         self.assertEqual(self.run(subscriptions_of, "alice@example.org"), ["apt", "dpkg"])
+
+
+class ListUnsubscribeTests(SynchronousTestCase):
+    """The List-Unsubscribe lines of planned copies, whatever the URL and line ends."""
+
+    def test_same_as_forward_headers(self):
+        """Each copy's prefix is forward_headers with its token, rendered in the mail's line ends."""
+        binding = Binding(12, "jane@example.org", "salt")
+        for public in ("", "https://tracker.example.org/", "https://trackér.example.org",
+                       "https://tracker.example.org/" + "x" * 990):
+            config = make_config(http={"public_url": public})
+            ctx = Context(config, None, 1_795_000_000.0)
+            token = subscription_token(config.tracker.secret_key, 12, "g++", binding.email_lower,
+                                       "salt")
+            url = f"{public.rstrip('/')}/unsubscribe/{token}" if public else None
+            for raw in (b"Subject: x\r\n\r\nx\r\n", b"Subject: x\n\nx\n"):
+                [(_, _, prefix)] = plan_deliveries(
+                    ctx, raw, None, [("jane@example.org", 3, None, binding)], "g++", "bts")
+                expected = header_prefix(raw, forward_headers(
+                    FQDN, "g++", "bts", unsubscribe_url=url, unsubscribe_token=token))
+                self.assertEqual(prefix, expected, (public, raw))
 
 
 class TokenMixin(ControlMixin):
