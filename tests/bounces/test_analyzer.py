@@ -12,11 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from trackermail.bounces.analyzer import (
     BounceAnalyzer,
     FailedRecipient,
-    analyze_bounce_main,
-    analyze_file,
     bounce_to,
     detect,
 )
+from trackermail.bounces.report import analyze_bounce_main, analyze_file
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 CORPUS = os.environ.get("BOUNCE_CORPUS", "/work/shared/bounce-corpus")

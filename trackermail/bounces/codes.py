@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.bounces.test_analyzer -*-
+"""
+Status codes of delivery reports: the RFC 3463 enhanced status codes
+(C{5.1.1}) with their texts, the SMTP reply codes (C{550}), and how to find
+either in a diagnostic text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+# RFC 3463 (and RFC 3886, 4468, 7372 for the later detail codes).
+PRIMARY_STATUS_CODES = {
+    "1": "Unknown Status Code 1",
+    "2": "Success",
+    "3": "Unknown Status Code 3",
+    "4": "Persistent Transient Failure",
+    "5": "Permanent Failure",
+}
+
+SECONDARY_STATUS_CODES = {
+    "0": "Other or Undefined Status",
+    "1": "Addressing Status",
+    "2": "Mailbox Status",
+    "3": "Mail System Status",
+    "4": "Network and Routing Status",
+    "5": "Mail Delivery Protocol Status",
+    "6": "Message Content or Media Status",
+    "7": "Security or Policy Status",
+}
+
+COMBINED_STATUS_CODES = {
+    "00": "Not Applicable",
+    "10": "Other address status",
+    "11": "Bad destination mailbox address",
+    "12": "Bad destination system address",
+    "13": "Bad destination mailbox address syntax",
+    "14": "Destination mailbox address ambiguous",
+    "15": "Destination mailbox address valid",
+    "16": "Mailbox has moved",
+    "17": "Bad sender's mailbox address syntax",
+    "18": "Bad sender's system address",
+    "110": "Recipient address has null MX",
+    "20": "Other or undefined mailbox status",
+    "21": "Mailbox disabled, not accepting messages",
+    "22": "Mailbox full",
+    "23": "Message length exceeds administrative limit",
+    "24": "Mailing list expansion problem",
+    "30": "Other or undefined mail system status",
+    "31": "Mail system full",
+    "32": "System not accepting network messages",
+    "33": "System not capable of selected features",
+    "34": "Message too big for system",
+    "35": "System incorrectly configured",
+    "36": "Requested priority was changed",
+    "40": "Other or undefined network or routing status",
+    "41": "No answer from host",
+    "42": "Bad connection",
+    "43": "Routing server failure",
+    "44": "Unable to route",
+    "45": "Network congestion",
+    "46": "Routing loop detected",
+    "47": "Delivery time expired",
+    "50": "Other or undefined protocol status",
+    "51": "Invalid command",
+    "52": "Syntax error",
+    "53": "Too many recipients",
+    "54": "Invalid command arguments",
+    "55": "Wrong protocol version",
+    "56": "Authentication Exchange line is too long",
+    "60": "Other or undefined media error",
+    "61": "Media not supported",
+    "62": "Conversion required and prohibited",
+    "63": "Conversion required but not supported",
+    "64": "Conversion with loss performed",
+    "65": "Conversion failed",
+    "66": "Message content not available",
+    "67": "Non-ASCII addresses not permitted for that sender/recipient",
+    "68": "UTF-8 string reply is required, but not permitted by the SMTP client",
+    "69": "UTF-8 header message cannot be transferred to one or more recipients",
+    "70": "Other or undefined security status",
+    "71": "Delivery not authorized, message refused",
+    "72": "Mailing list expansion prohibited",
+    "73": "Security conversion required but not possible",
+    "74": "Security features not supported",
+    "75": "Cryptographic failure",
+    "76": "Cryptographic algorithm not supported",
+    "77": "Message integrity failure",
+    "78": "Authentication credentials invalid",
+    "79": "Authentication mechanism is too weak",
+    "710": "Encryption Needed",
+    "711": "Encryption required for requested authentication mechanism",
+    "712": "A password transition is needed",
+    "713": "User Account Disabled",
+    "714": "Trust relationship required",
+    "715": "Priority Level is too low",
+    "716": "Message is too big for the specified priority",
+    "717": "Mailbox owner has changed",
+    "718": "Domain owner has changed",
+    "719": "RRVS test cannot be completed",
+    "720": "No passing DKIM signature found",
+    "721": "No acceptable DKIM signature found",
+    "722": "No valid author-matched DKIM signature found",
+    "723": "SPF validation failed",
+    "724": "SPF validation error",
+    "725": "Reverse DNS validation failed",
+    "726": "Multiple authentication checks failed",
+    "727": "Sender address has null MX",
+}
+
+
+_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
+_REPLY = re.compile(r"(?<![\d.#-])([245]\d\d)(?:[ -]|$)(?!\s*(?:bytes|ms|seconds|minutes|hours|days))")
+
+
+def enhanced_status(text: str) -> Optional[str]:
+    if not text:
+        return None
+    m = _ENHANCED.search(text)
+    if m:
+        return "%s.%s.%s" % m.groups()
+    return None
+
+
+def reply_code(text: str) -> Optional[str]:
+    if not text:
+        return None
+    for m in _REPLY.finditer(text):
+        code = m.group(1)
+        if code[0] in "45":
+            return code
+    return None
+
+
+def status_parts(status: Optional[str]):
+    if not status:
+        return None
+    m = re.match(r"\s*([0-9]+)\.([0-9]+)\.([0-9]+)", status)
+    if not m:
+        return None
+    return m.groups()
