@@ -78,7 +78,7 @@ class DSNTests(SynchronousTestCase):
             sorted(self.bounce.content_parts),
             ["delivery report", "notification", "undelivered message"])
         self.assertEqual(self.bounce.report.get_content_type(), "message/delivery-status")
-        self.assertIn("mail system", self.bounce.notification.get_content())
+        self.assertIn(b"mail system", self.bounce.notification.get_payload(decode=True))
         self.assertEqual(str(self.bounce.original["Subject"]),
                          "hello 1.0-1 accepted into unstable")
 
