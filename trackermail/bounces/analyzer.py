@@ -253,7 +253,7 @@ class BounceAnalyzer:
             if m:
                 dsn_texts = [region[m.start():]]
         if dsn_texts:
-            report = read_dsn(dsn_texts)
+            report = read_dsn(dsn_texts, lambda address: formats.text_about(region, address))
             self._take_dsn(report)
             if report.delivered:
                 return self._not_a_bounce("delivered")

@@ -110,6 +110,99 @@ COMBINED_STATUS_CODES = {
 }
 
 
+# The bounce reason an enhanced status code stands for, when it stands for
+# one (see L{trackermail.bounces.reasons}).  "x.y.z" entries hold for both
+# classes; "5.y.z" and "4.y.z" ones for that class only.  Codes that say
+# little ("5.0.0", "5.4.4", "5.5.0") are left out: the text decides.
+STATUS_REASONS = {
+    "x.1.6": "hasmoved",
+    "x.1.7": "rejected",
+    "x.1.8": "rejected",
+    "x.1.9": "systemerror",
+    "5.1.0": "userunknown",
+    "5.1.1": "userunknown",
+    "5.1.2": "hostunknown",
+    "5.1.3": "userunknown",
+    "5.1.4": "filtered",
+    "5.1.10": "notaccept",
+    "5.2.0": "filtered",
+    "4.2.1": "suspend",
+    "5.2.1": "filtered",
+    "x.2.2": "mailboxfull",
+    "x.2.3": "exceedlimit",
+    "x.2.4": "filtered",
+    "5.3.0": "systemerror",
+    "x.3.1": "systemfull",
+    "x.3.2": "notaccept",
+    "x.3.3": "systemerror",
+    "5.3.4": "mesgtoobig",
+    "x.3.5": "systemerror",
+    "5.4.0": "networkerror",
+    "4.4.1": "expired",
+    "x.4.2": "networkerror",
+    "5.4.3": "systemerror",
+    "4.4.4": "networkerror",
+    "4.4.5": "toomanyconn",
+    "x.4.6": "networkerror",
+    "x.4.7": "expired",
+    "4.5.3": "systemerror",
+    "5.5.3": "toomanyconn",
+    "5.5.4": "systemerror",
+    "x.5.5": "systemerror",
+    "5.5.6": "securityerror",
+    "x.6.0": "contenterror",
+    "5.6.1": "contenterror",
+    "x.6.2": "contenterror",
+    "5.6.3": "contenterror",
+    "x.6.5": "contenterror",
+    "5.6.6": "contenterror",
+    "5.6.7": "contenterror",
+    "5.6.8": "contenterror",
+    "5.6.9": "contenterror",
+    "5.7.0": "securityerror",
+    "x.7.1": "blocked",
+    "x.7.2": "blocked",
+    "5.7.3": "securityerror",
+    "5.7.4": "securityerror",
+    "x.7.5": "securityerror",
+    "x.7.6": "securityerror",
+    "x.7.7": "securityerror",
+    "5.7.8": "securityerror",
+    "5.7.9": "securityerror",
+    "5.7.10": "securityerror",
+    "5.7.11": "securityerror",
+    "x.7.12": "securityerror",
+    "5.7.13": "suspend",
+    "5.7.14": "securityerror",
+    "x.7.15": "securityerror",
+    "x.7.16": "mesgtoobig",
+    "5.7.17": "hasmoved",
+    "5.7.18": "hasmoved",
+    "5.7.19": "securityerror",
+    "5.7.20": "authfailure",
+    "5.7.21": "authfailure",
+    "5.7.22": "authfailure",
+    "5.7.23": "authfailure",
+    "x.7.24": "authfailure",
+    "5.7.25": "requireptr",
+    "5.7.26": "authfailure",
+    "5.7.27": "rejected",
+}
+
+
+def status_reason(status: Optional[str]) -> Optional[str]:
+    """
+    The bounce reason the enhanced status code C{status} (C{"5.2.2"})
+    stands for, or None.
+    """
+    parts = status_parts(status)
+    if not parts:
+        return None
+    detail = ".".join(str(int(p)) for p in parts[1:])
+    return STATUS_REASONS.get(parts[0] + "." + detail) or STATUS_REASONS.get("x." + detail) \
+        if parts[0] in ("4", "5") else None
+
+
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 _REPLY = re.compile(r"(?<![\d.#-])([245]\d\d)(?:[ -]|$)(?!\s*(?:bytes|ms|seconds|minutes|hours|days))")
 
@@ -120,6 +213,19 @@ def enhanced_status(text: str) -> Optional[str]:
     m = _ENHANCED.search(text)
     if m:
         return "%s.%s.%s" % m.groups()
+    return None
+
+
+def failure_status(text: str) -> Optional[str]:
+    """
+    The first enhanced status code of a failure (C{4.x.x}, C{5.x.x}) in
+    C{text}: a session transcript quotes successes too.
+    """
+    if not text:
+        return None
+    for m in _ENHANCED.finditer(text):
+        if m.group(1) != "2":
+            return "%s.%s.%s" % m.groups()
     return None
 
 

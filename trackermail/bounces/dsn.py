@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.message import Message
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-from trackermail.bounces.codes import enhanced_status, status_parts
+from trackermail.bounces.codes import enhanced_status, failure_status, status_parts
 from trackermail.bounces.mime import (
     clean_address,
     decode_bytes,
@@ -20,7 +20,7 @@ from trackermail.bounces.mime import (
     part_bytes,
     unfold,
 )
-from trackermail.bounces.reasons import judge_hard
+from trackermail.bounces.reasons import classify, judge_hard, smtp_command
 
 @dataclass(frozen=True)
 class FailedRecipient:
@@ -34,6 +34,7 @@ class FailedRecipient:
     @ivar diagnostic: the remote server's or the MTA's explanation.
     @ivar action: the DSN action (C{"failed"}, C{"delayed"}) when given.
     @ivar remote_mta: the DSN Remote-MTA when given.
+    @ivar reason: why it failed, one of L{reasons.REASONS}.
     """
 
     address: str
@@ -42,6 +43,7 @@ class FailedRecipient:
     diagnostic: Optional[str] = None
     action: Optional[str] = None
     remote_mta: Optional[str] = None
+    reason: Optional[str] = None
 
 
 def dsn_text(part: Message) -> str:
@@ -146,9 +148,13 @@ class DSNReport:
     action: Optional[str] = None
 
 
-def read_dsn(dsn_texts: list[str]) -> DSNReport:
+def read_dsn(dsn_texts: list[str], about: Optional[Callable[[str], str]] = None) -> DSNReport:
     """
     The failed recipients of the delivery-status texts C{dsn_texts}.
+
+    @param about: gives what the human-readable part of the report says
+        about an address (C{""} when nothing): many MTAs put the SMTP
+        command, or the whole reply, only there.
     """
     report = DSNReport([])
     recipients = []
@@ -188,10 +194,19 @@ def read_dsn(dsn_texts: list[str]) -> DSNReport:
             hard = judge_hard(action, effective, diag, None if action is None else True)
             if action and action.startswith("delay"):
                 report.delay_warning = True
+            note = about(address) if about else ""
+            if note:
+                effective = _refine(effective, failure_status(note))
+            explained = diag if _says_something(diag) else (note or diag)
+            kind = _DIAGNOSTIC_TYPE.match(diag)
+            reason = classify(
+                effective, explained, action=action,
+                command=smtp_command(diag) or smtp_command(note),
+                diagnostic_type=kind.group(1) if kind else None)
             recipients.append(FailedRecipient(
                 address=address, status=effective, hard=hard,
-                diagnostic=diagnostic_text(diag) or None, action=action,
-                remote_mta=mta_name(group.get("remote-mta", "")) or None,
+                diagnostic=diagnostic_text(explained) or None, action=action,
+                remote_mta=mta_name(group.get("remote-mta", "")) or None, reason=reason,
             ))
             if report.diagnostic_codes == (None, None) and diag:
                 m = DIAGNOSTIC_CODE.match(diag)
@@ -208,6 +223,30 @@ def read_dsn(dsn_texts: list[str]) -> DSNReport:
         return report
     report.recipients = dedupe(recipients)
     return report
+
+
+_DIAGNOSTIC_TYPE = re.compile(r"\s*([A-Za-z][\w-]*)\s*;")
+_WORD = re.compile(r"[A-Za-z]{3}")
+
+
+def _says_something(diag: str) -> bool:
+    # A Diagnostic-Code with words beyond its type and codes.
+    kind = _DIAGNOSTIC_TYPE.match(diag)
+    return _WORD.search(diag, kind.end() if kind else 0) is not None
+
+
+def _refine(status: Optional[str], better: Optional[str]) -> Optional[str]:
+    # A vague status ("5.0.0", none) gives way to a precise one of the same
+    # class from the text: the class decides hard or soft, and stays.
+    parts = status_parts(status)
+    found = status_parts(better)
+    if not found or found[1:] == ("0", "0"):
+        return status
+    if parts is None:
+        return status
+    if parts[1:] == ("0", "0") and found[0] == parts[0]:
+        return ".".join(found)
+    return status
 
 
 def mta_name(value: str) -> Optional[str]:

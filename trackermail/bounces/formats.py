@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Optional
 
-from trackermail.bounces.codes import enhanced_status, status_parts
+from trackermail.bounces.codes import enhanced_status, failure_status, status_parts
 from trackermail.bounces.dsn import FailedRecipient, dedupe, diagnostic_text
 from trackermail.bounces.mime import addresses_in, clean_address, header, header_values
-from trackermail.bounces.reasons import judge_hard
+from trackermail.bounces.reasons import classify, judge_hard
 
 _SUBJECT_BOUNCE = re.compile(
     r"undeliver|undelivered|returned mail|returning message|"
@@ -241,9 +241,11 @@ def ses_recipients(text: str) -> Optional[tuple[bool, list[FailedRecipient]]]:
         status = data.get("status") or enhanced_status(str(data.get("diagnosticCode", "")))
         status = ".".join(status_parts(status)) if status_parts(status) else None
         diag = str(data.get("diagnosticCode") or "")
-        hard = judge_hard(data.get("action"), status, diag, permanent)
+        action = data.get("action") or None
+        hard = judge_hard(action, status, diag, permanent)
+        reason = classify(status, diag, action=action if isinstance(action, str) else None)
         recipients.append(FailedRecipient(address, status, hard, diagnostic_text(diag) or None,
-                                          data.get("action") or None))
+                                          action, reason=reason))
     return True, dedupe(recipients)
 
 
@@ -335,14 +337,27 @@ def text_recipients(msg: Message, original, region: str,
     delay = bool(_DELAY_TEXT.search(region)) or bool(
         re.search(r"delay|warning", header(msg, "Subject"), re.I)
         and not re.search(r"fail|returned|undeliver", header(msg, "Subject"), re.I))
+    groups = "groups.google.com" in region.lower()
     recipients = []
     for c in chosen:
         diag = c.diagnostic or ""
-        status = enhanced_status(diag)
-        hard = judge_hard("delayed" if delay else "failed", status, diag, True)
+        status = failure_status(diag)
+        action = "delayed" if delay else "failed"
+        hard = judge_hard(action, status, diag, True)
+        reason = classify(status, diag, action=action)
+        if reason in ("onhold", "undefined") and len(chosen) == 1:
+            # The only recipient: the whole report is about it.
+            reason = classify(status, region, action=action)
+        if groups and reason == "onhold" and c.address.lower().endswith("@googlegroups.com"):
+            # Google Groups refuses a post (no such group, or we may not
+            # post to it) in the sender's language: it is about us.
+            reason = "rejected"
         recipients.append(FailedRecipient(c.address, status, hard, diagnostic_text(diag) or None,
-                                          "delayed" if delay else "failed"))
+                                          action, reason=reason))
     return dedupe(recipients), delay
+
+
+_LEADING_ADDRESS = re.compile(r"^\s*[<(\[\"]?([^\s<>()\[\]\"@]+@[^\s<>()\[\]\"]+?)[>)\]\"]?(?:\s|:|$)")
 
 
 def _diagnostic_after(lines: list[str], i: int) -> str:
@@ -363,10 +378,27 @@ def _diagnostic_after(lines: list[str], i: int) -> str:
         m = _LIST_LINE.match(line) if "@" in line else None
         if m and m.group("addr").strip("<>.,;:").lower() not in own:
             break
+        lead = _LEADING_ADDRESS.match(line)
+        if lead and lead.group(1).lower() not in own:
+            # The next recipient's own line.
+            break
         if _ORIGINAL_MARKER.search(line):
             break
         chunk.append(line.strip())
     return " ".join(chunk)
+
+
+def text_about(region: str, address: str) -> str:
+    """
+    What the report text C{region} says about C{address}: the line naming
+    it and the lines explaining it; C{""} when it does not name it.
+    """
+    lines = region.split("\n")
+    low = address.lower()
+    for i, line in enumerate(lines):
+        if low in line.lower():
+            return _diagnostic_after(lines, i)
+    return ""
 
 
 def _diagnostic_for(region: str, address: str) -> str:

@@ -1,6 +1,27 @@
-# -*- test-case-name: tests.bounces.test_analyzer -*-
+# -*- test-case-name: tests.bounces.test_reasons -*-
 """
-Why a recipient failed.
+Why a recipient failed: the bounce reason, in Sisimai's vocabulary
+(C{userunknown}, C{mailboxfull}, C{blocked}, ...), from the enhanced status
+code, the SMTP reply code, the SMTP command that failed and the words of
+the diagnostic.
+
+The decision runs in three steps, as Sisimai's does:
+
+  1. Reasons a text or a status can prove, checked in a fixed order (a full
+     mailbox first, a blocked client last), each with its own rule: an
+     unknown user needs a C{5.1.1}-like status or a refusal at RCPT time;
+     a spam verdict is only believed after DATA; and so on.
+  2. The reason the status code stands for (L{codes.status_reason}).  When
+     it is vague (C{5.0.0}, C{systemerror}, ...) the text may still name a
+     better one; then the status class (C{x.6} content, C{x.7} security)
+     and the reply code (C{50x} syntax) are used.
+  3. What is left: a delay is C{expired}, a report with some text
+     C{onhold} (the text says nothing we understand), and a report without
+     any C{undefined}.
+
+L{reason_group} sorts reasons into what the bounce policy acts on;
+L{reply_reason} classifies a single SMTP reply from a smarthost;
+L{is_spam_rejection} tells a refusal of our mail for what it is.
 """
 
 from __future__ import annotations
@@ -8,7 +29,696 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from trackermail.bounces.codes import reply_code, status_parts
+from trackermail.bounces.codes import (
+    enhanced_status,
+    failure_status,
+    reply_code,
+    status_parts,
+    status_reason,
+)
+
+__all__ = [
+    "GONE",
+    "OURS",
+    "PERSISTENT_SOFT",
+    "REASONS",
+    "classify",
+    "is_spam_rejection",
+    "judge_hard",
+    "reason_group",
+    "reply_reason",
+    "smtp_command",
+]
+
+REASONS = (
+    "userunknown", "hostunknown", "mailboxfull", "exceedlimit", "hasmoved", "suspend",
+    "notaccept", "filtered", "rejected", "blocked", "spamdetected", "virusdetected",
+    "policyviolation", "securityerror", "authfailure", "requireptr", "badreputation",
+    "norelaying", "toomanyconn", "speeding", "expired", "networkerror", "systemerror",
+    "systemfull", "mailererror", "mesgtoobig", "contenterror", "syntaxerror",
+    "notcompliantrfc", "onhold", "undefined",
+)
+
+# ---------------------------------------------------------------------------
+# What each reason sounds like.  Matched against the lower-cased diagnostic
+# with its white space collapsed and its addresses blanked out.
+# ---------------------------------------------------------------------------
+
+
+def _words(*alternatives: str) -> re.Pattern:
+    # The text is normalised first (see _normalise): a space is one space.
+    return re.compile("|".join("(?:%s)" % a for a in alternatives))
+
+
+_TEXT = {
+    "mailboxfull": _words(
+        r"mail ?box (?:is |was )?full", r"full mail ?box", r"mail ?folder is full",
+        r"(?:mail ?box|account|user|recipient|maildir|mail|disk|disc|storage|"
+        r"domaindisk|userdisk) (?:is |has )?(?:over|exceed(?:ed|s|ing)?) (?:the |its |their )?"
+        r"(?:disk |storage |mailbox |allowed )?(?:quota|limit|size)",
+        r"over (?:the allowed |disk |their |its )?quota", r"quota (?:exceeded|violation|full)",
+        r"exceed(?:ed|s|ing) (?:its |their |the )?(?:mailbox |storage |disk )?quota",
+        r"exceeded storage allocation", r"not enough storage space",
+        r"exceed (?:the |its |their )?mailbox quota",
+        r"does not have enough space", r"space has been used up",
+        r"mailbox (?:has )?exceeded (?:the|its) (?:local|disk space) limit",
+        r"(?:number|size) of messages in recipient's mailbox exceeded",
+        r"too many messages (?:on the server|in (?:the|this) mailbox)", r"too much mail data",
+        r"mailbox would exceed", r"boite du destinataire pleine", r"their mailbox is full",
+        r"mail file size exceeds the maximum size", r"exceeding receiving limits",
+        r"reached (?:its |their )?disk quota",
+    ),
+    "mesgtoobig": _words(
+        r"message (?:file |size )?(?:is )?too (?:big|large) for (?:this|the)",
+        r"message (?:file )?too big", r"max(?:imum)? message size exceeded",
+        r"message size exceeds", r"exceeded maximum inbound message size",
+        r"message length exceeds administrative limit", r"size limit",
+        r"message (?:is )?larger than", r"exceeded the maximum (?:incoming )?message size",
+    ),
+    "exceedlimit": _words(r"message too large"),
+    "suspend": _words(
+        r"(?:is|mailbox|account|user) (?:currently |has been |was )?suspended",
+        r"account (?:has been )?(?:disabled|discontinued|deactivated|locked|frozen)",
+        r"mailbox (?:is )?(?:disabled|frozen|inactive|deactivated)",
+        r"account that you tried to reach is (?:disabled|inactive)",
+        r"is a deactivated mailbox", r"temporar(?:y|ily) (?:locked|inactive)",
+        r"invalid/inactive user", r"recipient suspend", r"boite du destinataire archivee",
+        r"mailbox unavailable or access denied", r"account is locked",
+    ),
+    "hasmoved": _words(r"address .+ has been replaced by", r"no longer on (?:this )?server",
+                       r"mailbox has moved", r"has moved, no forwarding"),
+    "norelaying": _words(
+        r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)",
+        r"not configured to relay",
+        r"not (?:allowed|permitted) to relay", r"unable to relay", r"insecure mail relay",
+        r"we do not relay", r"not in my list of allowed rcpthosts",
+        r"requires authentication when attempting to send to a non-local",
+    ),
+    "authfailure": _words(
+        r"dmarc (?:policy|reject|fail)", r"\bspf\b (?:check|validation|fail|record (?:check )?fail)",
+        r"sender policy framework", r"spf \(sender policy framework\)",
+        r"bad spf records", r"inspect your spf settings", r"is not allowed to send (?:mail )?from .+ spf",
+        r"\bdkim\b (?:signature |check |validation )?(?:fail|invalid|required|missing)",
+        r"unauthenticated email from", r"spf\.pobox\.com",
+    ),
+    "userunknown": _words(
+        r"user ?unknown", r"unknown (?:user|recipient|mailbox|local ?part|e-?mail address|address)",
+        r"no such (?:user|mailbox|recipient|address|person|local user|account)",
+        r"(?:user|recipient|mailbox|address|account|addressee|e-?mail address) "
+        r"(?:does not|doesn't|did not|not) (?:exist|found)",
+        r"(?:user|recipient|mailbox|address|account|addressee|e-?mail address|destination) "
+        r"(?:was |is |could )?(?:not|n't) (?:be )?(?:found|known|exist|present|listed|recognized)",
+        r"(?:is|was) not (?:a )?(?:valid|known|local) (?:user|recipient|mailbox|address)",
+        r"invalid (?:recipient|mailbox|address|user)", r"(?:recipient|address|user) invalid",
+        r"mailbox (?:is )?(?:unavailable|unavaiable|invalid|not available|inactive)",
+        r"no mailbox (?:here|by that name|found|available)", r"no account by that name",
+        r"not (?:listed|found) in (?:the )?(?:domino )?directory", r"not in (?:the )?name directory",
+        r"(?:recipient|user|address|mailbox) name is not recognized",
+        r"address(?:ee)? unknown", r"email address (?:is )?(?:wrong|not valid|invalid)",
+        r"wasn.t found at the destination domain", r"(?:bad|invalid) destination mailbox",
+        r"unknown or illegal (?:user|alias)", r"illegal (?:user|alias)",
+        r"badrcptto", r"not in my validrcptto", r"this address no longer accepts mail",
+        r"there is no one at this address", r"recipient (?:address )?rejected: (?:invalid|unknown)",
+        r"recipient (?:is )?not (?:ok|local|accepted)", r"recipient not exist",
+        r"recipient refuses to accept your mail", r"destination (?:addresses|server) (?:were|rejected) "
+        r"(?:unknown|recipients)", r"unknown recipient", r"not a valid (?:user|mailbox|recipient)",
+        r"user (?:is )?not active", r"user missing home directory",
+        r"no valid recipients",
+        r"recipient address rejected(?:\.|$| \(in reply)",
+        r"did not exactly match", r"resolver\.adr\.recipient ?notfound", r"5\.1\.0 address rejected",
+        r"recipient address rejected: access denied",
+        r"utilisateur inconnu", r"no existe (?:dicha persona|ese usuario)",
+        r"nessun utente", r"empfaenger unbekannt", r"unbekannte? (?:empf|user|benutzer)",
+        r"can't accept user", r"account unavailable", r"this spectator does not exist",
+        r"not (?:an )?active address", r"the following recipients was undeliverable",
+        r"invalid final delivery userid",
+    ),
+    "filtered": _words(
+        r"only accepting mail from specific", r"refused due to recipient preferences",
+        r"restricted sms e-?mail", r"not accepting any mail", r"resolver\.rst\.notauthorized",
+        r"this account is protected by", r"user reject", r"refuse to receive mail",
+        r"you have been blocked by the recipient", r"due to extended inactivity",
+        r"bounced address", r"doesn.t have a .+ account",
+    ),
+    "requireptr": _words(
+        r"\bptr\b (?:record|resource)", r"reverse dns", r"rdns", r"cannot find your hostname",
+        r"cannot resolve your address", r"ip name lookup failed", r"mismatches client ip",
+        r"dns lookup failure: .+ try again later", r"unresolvable relay host name",
+        r"generic dns ptr", r"unverifiable sending ip", r"unverifyable sending ip",
+        r"does not have a ptr", r"forward dns entry does not point to the sending ip",
+        r"no reverse dns", r"fix reverse dns",
+    ),
+    "notcompliantrfc": _words(
+        r"not rfc ?5322 compliant", r"rfcmessagenoncompliant", r"multiple .*addresses in from",
+        r"duplicate header", r"multiple .+ headers?",
+    ),
+    "badreputation": _words(
+        r"poor (?:email )?reputation", r"low reputation", r"reputation (?:problem|score)",
+        r"\[tss04\]", r"unexpected volume or user complaints",
+        r"rate limited due to ip reputation", r"ip reputation",
+    ),
+    "rejected": _words(
+        r"sender (?:address |email address |domain )?(?:is )?(?:rejected|invalid|not pre-approved)",
+        r"sender verify failed", r"sender is spammer", r"domain of sender address",
+        r"invalid sender", r"bogus mail from", r"mail from not owned by user",
+        r"(?:empty|null) (?:envelope )?senders? (?:are |is )?not allowed",
+        r"no third-party dsns", r"unroutable sender address", r"sender domain is empty",
+        r"administrative prohibition", r"address rejected", r"batv",
+        r"returned mail not accepted here", r"unsigned dsn", r"envelope blocked",
+        r"fully qualified email address required", r"emetteur invalide",
+        r"delivery not authorized, message refused", r"mx records for .+ violate",
+        r"rule imposed mailbox access", r"access denied \(in reply to mail from",
+        r"recursive cname records", r"email address is not verified",
+        r"sent to/from an address that has been blacklisted",
+        r"from: domain is invalid", r"is not a registered gateway user",
+        r"connections not accepted from servers without a valid sender domain",
+        r"backscatter protection", r"all recipient addresses rejected", r"send mail as",
+        r"does not exist e2110",
+    ),
+    "hostunknown": _words(
+        r"host (?:or domain name )?(?:not found|unknown)", r"unknown host",
+        r"no such domain", r"domain (?:does not|doesn't|must) exist", r"domain is not reachable",
+        r"host unreachable", r"name or service not known", r"unrouteable address",
+        r"unknown domain", r"domain (?:not found|unknown)", r"account or domain may not exist",
+        r"mail domain mentioned in email address is unknown", r"couldn't find any host named",
+        r"all relevant mx records point to non-existent hosts", r"host \S+ not found",
+        r"no (?:valid )?(?:mx|host) (?:record )?(?:found|for)",
+    ),
+    "spamdetected": _words(
+        r"\bspam", r"\bu?bulk (?:e-?mail|mail)", r"unsolicited", r"\bube\b",
+        r"content (?:filter|rejected|denied)", r"message content rejected",
+        r"rejecting (?:banned|mail) content", r"unacceptable content",
+        r"blacklisted (?:url|link)", r"uribl", r"message filtered", r"mail content denied",
+        r"our system has detected that this message is", r"recurrent pattern detection",
+        r"rejected for policy reasons", r"blocked by spamassassin", r"probable spam",
+        r"may consider spam", r"classified as (?:spam|bulk)", r"spam-like",
+        r"listed in work\.drbl", r"sender domain listed at",
+        r"temporarily blocked by our filter", r"the content of this message looked like",
+        r"mail rejete\. mail rejected\. ofr_?506",
+    ),
+    "virusdetected": _words(
+        r"\bvirus", r"malware", r"malicious", r"trojan", r"infected",
+        r"potentially executable attachment", r"executable (?:file|attachment|content)",
+        r"used by recent viruses",
+    ),
+    "policyviolation": _words(
+        r"local policy violation", r"violat\w* (?:our |local |the )?(?:\w+ )?polic",
+        r"denied by policy", r"not accepted for policy reasons", r"(?:rejected|blocked) (?:due to|by) "
+        r"(?:local |security |organization(?:al)? )?(?:polic|settings)",
+        r"email rejected due to security policies", r"illegal attachment",
+        r"content presents a potential", r"message bounced due to organizational",
+        r"members-only list", r"closed mailing list", r"not subscribed to this group",
+        r"header (?:error|are not accepted)", r"mass mailer", r"message given low priority",
+        r"not accepting mail with (?:attachments|embedded images)", r"we do not accept messages containing",
+        r"without solving a captcha", r"protocol violation",
+    ),
+    "speeding": _words(r"try again slower", r"receiving mail at a rate",
+                       r"sending (?:too fast|rate exceeded)", r"rate (?:limit(?:ed)?|exceeded)",
+                       r"(?:unusual|high) rate of"),
+    "toomanyconn": _words(
+        r"too many (?:connections|concurrent|smtp sessions|errors from your ip|recipients)",
+        r"connection (?:rate )?limit exceeded", r"maximum connection limit",
+        r"per-domain connection limit", r"max emails per hour", r"throttling failure",
+        r"trop de connexions", r"numerous attempts to deliver", r"frequency limited",
+    ),
+    # The client (our IP, our host) is refused: checked before any verdict
+    # on the content.
+    "client": _words(
+        r"blocked using", r"\brbl\b", r"dnsbl", r"spamcop", r"spamhaus",
+        r"client host (?:\[[^\]]*\] )?(?:rejected|blocked)", r"access from ip address",
+        r"not currently accepting mail from your ip", r"(?:your|the|client|source) (?:ip|host|server|"
+        r"network)(?: address)? (?:is |has been |was )?(?:temporarily |permanently )?(?:blocked|"
+        r"blacklisted|banned|listed|not allowed)", r"mail server at .+ is blocked",
+        r"ip source bloquee",
+    ),
+    "blocked": _words(
+        r"blocked using", r"(?:black|block|deny|denied) ?list", r"\brbl\b", r"dnsbl", r"spamcop",
+        r"spamhaus", r"client host (?:\[[^\]]*\] )?(?:rejected|blocked)", r"access from ip address",
+        r"connection (?:dropped|refused by|reset by peer|was dropped by remote)",
+        r"not currently accepting mail from your ip", r"(?:your|the) (?:ip|host|server|network) "
+        r"(?:address )?(?:is |has been |was )?(?:temporarily |permanently )?(?:blocked|blacklisted|banned|"
+        r"listed|not allowed)", r"mail server at .+ is blocked", r"please use the smtp server of your isp",
+        r"dynamic ip", r"rejecting open proxy", r"looks suspiciously like spammer",
+        r"is not allowed to send mail from", r"confirm this mail server", r"go away",
+        r"ip/domain reputation problems", r"no access from mail server", r"spf record",
+        r"server requires confirmation", r"blocked for abuse", r"due to user complaints",
+        r"domain does not exist:", r"too many unwanted messages",
+        r"messages from \S+ weren't sent",
+    ),
+    "securityerror": _words(
+        r"authentication (?:required|failure|failed|credentials invalid|turned on)",
+        r"unauthenticated senders not allowed", r"not authorized to send mail",
+        r"tls required", r"verification failure", r"account not subscribed to ses",
+        r"not authorized to perform ses", r"is a dead domain", r"authentification requise",
+        r"you don't authenticate", r"recipient address rejected: access denied",
+    ),
+    "systemerror": _words(
+        r"local (?:configuration )?error", r"configuration error", r"config error",
+        r"would create a mail loop",
+        r"internal (?:server )?error", r"system error", r"interrupted system call",
+        r"queue file write error", r"temporary local problem", r"loops back to myself",
+        r"loop was found", r"forwarding loop broken", r"timeout waiting for input",
+        r"service (?:currently |temporarily )?unavailable", r"remote server is misconfigured",
+        r"can't create user output file", r"error while being processed",
+        r"could not load drd", r"no mdb", r"transaction failed",
+        r"unable to contact ldap", r"directory server",
+    ),
+    "networkerror": _words(
+        r"no route to host", r"host is unreachable", r"network (?:is )?unreachable",
+        r"network error", r"name server reply", r"(?:too many|maximum) hops", r"hop count exceeded",
+        r"routing loop", r"message looping", r"unable to resolve route", r"unrouteable mail domain",
+        r"mail forwarding loop", r"forwarding loop count exceeded", r"host not found, try again",
+        r"dns records for the destination computer could not be found",
+        r"could not connect and send the mail", r"dns error", r"lookup of \S+ (?:responded|had no)",
+        r"name lookup failure", r"(?:unable|wasn't able|was not able) to establish an smtp connection",
+    ),
+    "expired": _words(
+        r"connection timed out", r"timed? out (?:while|during|after)", r"message (?:timed out|expired)",
+        r"delivery time expired", r"giving up on", r"gave up", r"(?:has been|too long) in the queue",
+        r"in the queue too long", r"could not find a gateway", r"server did not respond",
+        r"not been collected after", r"expired after sitting in queue",
+        r"retry time not reached", r"not reachable within the allowed queue period",
+        r"delivery failed \d+ attempts", r"unable to deliver in \d+ minutes",
+        r"retry timeout exceeded", r"delivery (?:attempts|has) (?:will )?"
+        r"(?:continue|been delayed)", r"will be retried", r"giving up", r"could not deliver for the last",
+        r"have been failing for a long time", r"did not accept our requests to connect",
+        r"after multiple retries",
+    ),
+    "contenterror": _words(
+        r"8-bit data in message header", r"header size exceeds", r"mime (?:complexity|headers?)",
+        r"improperly-formatted binary content", r"unnecessary base64 encoding",
+        r"too many received: headers", r"recipient list, exceeds policy limit",
+    ),
+    "systemfull": _words(r"mail system full", r"exceeded storage allocation\b.*system",
+                         r"(?:disk|spool|queue|file ?system) (?:is )?full",
+                         r"(?:insufficient|not enough|no) (?:free )?disk space",
+                         r"insufficient system storage"),
+    "notaccept": _words(
+        r"(?:host|domain|host/domain|system) does not accept mail", r"does not accept (?:e-?)?mail",
+        r"no mx record found", r"null mx", r"indicated no smtp service",
+        r"smtp protocol returned a permanent error", r"name server: \.: host not found",
+        r"not accepting (?:network )?messages", r"couldn't find a mail exchanger",
+    ),
+    "mailererror": _words(
+        r"procmail:", r"bin/(?:procmail|maildrop)", r"command (?:failed|died with status|output)",
+        r"exit \d+", r"mailer error", r"pipe to \|", r"x-unix; \d+",
+    ),
+    "syntaxerror": _words(r"malformed address", r"syntax error", r"syntactically invalid",
+                          r"command (?:not recognized|unrecognized)", r"bad sequence of commands",
+                          r"improper sequence"),
+    "vacation": _words(r"i am (?:away|out of the office)", r"on vacation", r"auto-?reply"),
+}
+
+# Step 1: reasons the text (with the status or the command) proves, in this
+# order.  Step 2: what the text may name when the status is vague.
+_FIRST = ("mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
+          "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
+          "badreputation", "notaccept", "rejected", "hostunknown", "securityerror", "client",
+          "virusdetected", "spamdetected", "speeding", "toomanyconn", "blocked")
+_SECOND = ("mailboxfull", "spamdetected", "policyviolation", "virusdetected", "norelaying",
+           "authfailure", "badreputation", "securityerror", "systemerror", "networkerror",
+           "speeding", "suspend", "expired", "contenterror", "systemfull", "notaccept",
+           "mailererror", "syntaxerror")
+# Reasons a status code names only vaguely: the text may know better.
+_VAGUE = {None, "undefined", "onhold", "systemerror", "securityerror", "expired", "suspend",
+          "networkerror", "hostunknown", "userunknown"}
+# A status saying "unknown user" is not believed when the text says these.
+_NOT_UNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept",
+                "filtered")
+# SMTP commands after which the message content has not been seen yet.
+_BEFORE_DATA = {"CONN", "HELO", "EHLO", "MAIL", "RCPT"}
+
+_TYPE_RE = re.compile(r"\s*([A-Za-z][\w-]{1,30})\s*;\s*")
+_ADDRESS_RE = re.compile(r"<?[^\s<>@\"]+@[^\s<>\"]+>?")
+_CODES_RE = re.compile(r"(?<![\w.])[245]\d\d(?:[ -]|(?=$))(?:[245]\.\d{1,3}\.\d{1,3}(?![\w.]))?")
+_SPACES_RE = re.compile(r"\s+")
+
+_COMMAND_RES = (
+    (re.compile(r"in reply to (?:the )?(rcpt to|mail from|end of data|data|helo|ehlo|lhlo|"
+                r"xforward|starttls|auth|quit)\b"), None),
+    (re.compile(r"(?:error|failed|failure)? ?(?:from remote (?:mail server|mailer) )?after "
+                r"(rcpt to|mail from|end of data|data|helo|ehlo|lhlo|initial connection|"
+                r"sending (?:rcpt|mail|data))\b"), None),
+    (re.compile(r"did not like our (rcpt to|mail from|data|helo|ehlo)"), None),
+    (re.compile(r">>> ?(rcpt to|mail from|data|helo|ehlo|lhlo)\b"), None),
+    (re.compile(r"smtp command:? ?(rcpt|mail|data|helo|ehlo)\b"), None),
+    (re.compile(r"\bsmtp:(rcpt|mail|data|helo|ehlo)\b"), None),
+    (re.compile(r"does not like (recipient)"), "RCPT"),
+    (re.compile(r"does not like (sender)"), "MAIL"),
+    (re.compile(r"(failed after i sent the message)"), "DATA"),
+    (re.compile(r"but (sender) was rejected"), "MAIL"),
+    (re.compile(r"but (my name) was rejected"), "HELO"),
+    (re.compile(r"(greeting) (?:failed|was rejected)|(?:refused|rejected) (?:the )?(connection)"),
+     "CONN"),
+)
+
+
+def smtp_command(text: str) -> Optional[str]:
+    """
+    The SMTP command a diagnostic says the refusal answered (C{"RCPT"},
+    C{"MAIL"}, C{"DATA"}, C{"HELO"}, C{"EHLO"}, C{"CONN"}), or None.
+    """
+    if not text:
+        return None
+    low = text.lower()
+    for regex, fixed in _COMMAND_RES:
+        m = regex.search(low)
+        if m:
+            if fixed:
+                return fixed
+            word = m.group(1)
+            if word.startswith("rcpt") or word == "sending rcpt":
+                return "RCPT"
+            if word.startswith("mail") or word == "sending mail":
+                return "MAIL"
+            if word in ("data", "end of data", "sending data"):
+                return "DATA"
+            if word in ("helo", "ehlo", "lhlo"):
+                return "EHLO" if word == "lhlo" else word.upper()
+            if word == "initial connection":
+                return "CONN"
+            return None
+    return None
+
+
+def _normalise(text: str) -> str:
+    text = _ADDRESS_RE.sub(" ", text[:4000].lower())
+    return _SPACES_RE.sub(" ", text).strip()
+
+
+# "Recipient address rejected" is about the recipient, not the sender.
+_NOT_SENDER = _words(r"recipient address rejected", r"sender ip address rejected",
+                     r"5\.1\.0 address rejected")
+
+
+def _says(reason: str, text: str) -> bool:
+    if reason == "rejected" and _NOT_SENDER.search(text):
+        return False
+    return _TEXT[reason].search(text) is not None
+
+
+def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[str],
+            status: Optional[str]) -> bool:
+    """
+    Step 1: whether C{text}, C{by_status} (the status code's reason) and
+    C{command} prove C{reason}.
+    """
+    if reason == "userunknown":
+        if by_status == "suspend" or command == "MAIL":
+            # Refused at MAIL FROM: the sender's address, not the recipient's.
+            return False
+        if by_status == "userunknown":
+            return not any(_says(other, text) for other in _NOT_UNKNOWN)
+        if command is None and by_status not in _VAGUE:
+            return False
+        return command in (None, "RCPT") and _says(reason, text)
+    if reason == "filtered":
+        if by_status == "suspend":
+            return False
+        if by_status == "filtered":
+            return _says("userunknown", text) or _says("filtered", text)
+        if command in ("RCPT", "MAIL"):
+            return False
+        return _says("filtered", text) or _says("userunknown", text)
+    if reason == "rejected":
+        if by_status == "rejected":
+            return True
+        if command == "MAIL" and (by_status in ("userunknown", "hostunknown")
+                                  or "access denied" in text):
+            return True
+        if command == "MAIL" or (command == "DATA" and by_status != "userunknown") or (
+                by_status in (None, "onhold", "undefined", "securityerror", "systemerror")):
+            return _says("rejected", text)
+        return False
+    if reason == "hostunknown":
+        if by_status == "hostunknown":
+            return not _says("networkerror", text)
+        return _says(reason, text)
+    if reason == "mesgtoobig":
+        if by_status == "mesgtoobig":
+            return True
+        if by_status == "exceedlimit":
+            return False
+        return _says(reason, text)
+    if reason in ("spamdetected", "virusdetected"):
+        if by_status == reason:
+            return True
+        return command not in _BEFORE_DATA and _says(reason, text)
+    if reason in ("suspend", "hasmoved", "speeding", "badreputation", "notcompliantrfc",
+                  "notaccept", "securityerror", "client"):
+        return _says(reason, text)
+    if reason == "blocked" and command in ("CONN", "HELO", "EHLO"):
+        # Refused before the envelope: the client was.
+        return True
+    return by_status == reason or _says(reason, text)
+
+
+def classify(status: Optional[str] = None, diagnostic: Optional[str] = "", *,
+             action: Optional[str] = None, reply: Optional[str] = None,
+             command: Optional[str] = None, diagnostic_type: Optional[str] = None) -> str:
+    """
+    The bounce reason of one failed recipient (one of L{REASONS}).
+
+    @param status: the enhanced status code (C{"5.1.1"}), if known.
+    @param diagnostic: the remote server's or the MTA's explanation.
+    @param action: the DSN action (C{"failed"}, C{"delayed"}).
+    @param reply: the SMTP reply code; found in C{diagnostic} when not given.
+    @param command: the SMTP command refused (C{"RCPT"}, ...); found in
+        C{diagnostic} when not given.
+    @param diagnostic_type: the DSN diagnostic type (C{"smtp"}, C{"x-unix"}).
+    """
+    raw = diagnostic if isinstance(diagnostic, str) else ""
+    kind = _TYPE_RE.match(raw)
+    if kind:
+        # "smtp; 550 ...": the type is not part of the explanation.
+        diagnostic_type = diagnostic_type or kind.group(1)
+        raw = raw[kind.end():]
+    text = _normalise(raw)
+    if status is None:
+        status = failure_status(raw)
+    parts = status_parts(status)
+    if parts and parts[0] == "2":
+        return "undefined"
+    by_status = status_reason(status)
+    if reply is None:
+        reply = reply_code(raw)
+    if command is None:
+        command = smtp_command(raw)
+    # Only a mailer's own types (a pipe's exit status) are not SMTP talk,
+    # unless they quote a remote server's reply.
+    dtype = (diagnostic_type or "smtp").strip().lower()
+    if dtype not in ("x-unix", "x-postfix") or reply or " said:" in text:
+        dtype = "smtp"
+    action = (action or "").strip().lower()
+
+    if dtype == "smtp":
+        for reason in _FIRST:
+            if _proves(reason, text, by_status, command, status):
+                return "blocked" if reason == "client" else reason
+
+    reason = by_status
+    if reason in _VAGUE or dtype != "smtp":
+        named = next((r for r in _SECOND if _says(r, text)), None)
+        if named:
+            return named
+    if reason is None:
+        klass = parts[1] if parts else None
+        if klass == "6":
+            reason = "contenterror"
+        elif klass == "7":
+            reason = "securityerror"
+        elif dtype in ("x-unix", "x-postfix"):
+            reason = "mailererror"
+        elif reply and re.match(r"[45]0[0-7]$", reply):
+            reason = "syntaxerror"
+        elif action.startswith(("delayed", "expired")):
+            reason = "expired"
+        elif command in ("HELO", "EHLO", "CONN"):
+            reason = "blocked"
+    if reason:
+        return reason
+    if action.startswith("delayed"):
+        return "expired"
+    if text:
+        return "onhold"
+    return "undefined"
+
+
+def reply_reason(code, text: str = "", command: str = "RCPT") -> str:
+    """
+    The bounce reason of a single SMTP reply, as a smarthost gives it for a
+    recipient (C{550}, C{"5.1.1 <a@b>: Recipient address rejected: User
+    unknown"}): read like the diagnostic of a DSN that failed at C{command}.
+    """
+    try:
+        code = str(int(code))
+    except (TypeError, ValueError):
+        code = ""
+    text = text if isinstance(text, str) else ""
+    action = "delayed" if code.startswith("4") else "failed"
+    return classify(enhanced_status(text), ("%s %s" % (code, text)).strip(), action=action,
+                    reply=code or None, command=command)
+
+
+# ---------------------------------------------------------------------------
+# Reason groups, for the bounce policy
+# ---------------------------------------------------------------------------
+
+# The refusal is about our mail or our server, not about the address.
+OURS = frozenset({
+    "blocked", "badreputation", "spamdetected", "virusdetected", "requireptr",
+    "authfailure", "securityerror", "norelaying", "toomanyconn", "speeding", "rejected",
+    "notcompliantrfc", "contenterror", "mesgtoobig", "syntaxerror",
+})
+# The address is gone: no such user or domain, moved, disabled.
+GONE = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept", "suspend"})
+# The address exists but cannot take mail for now, or the report says too
+# little to tell.
+PERSISTENT_SOFT = frozenset({"mailboxfull", "exceedlimit", "onhold", "undefined"})
+
+# A policy refusal is ours when it is about the message or its sender.
+_SENDER_POLICY = _words(
+    r"\bsender", r"\bfrom:? (?:header|address|domain)", r"\bheader", r"attachment", r"content",
+    r"mass mailer", r"(?:your|this|the) (?:message|e-?mail|mail|ip|domain|server)",
+    r"dmarc", r"\bspf\b", r"\bdkim\b", r"organizational settings", r"organization policy",
+    r"not accepted for policy reasons", r"security polic",
+)
+
+
+def reason_group(reason: Optional[str], diagnostic: Optional[str] = "") -> str:
+    """
+    Sort a bounce reason into what the bounce policy does with it:
+
+      - C{"ours"}: the refusal is about our mail or our server (blocked,
+        spam, bad reputation, authentication, relaying, rate limits, our
+        envelope sender, our message's form or size; a policy violation
+        when C{diagnostic} names the sender or the message);
+      - C{"gone"}: the address does not exist any more (unknown user or
+        domain, moved, suspended, a domain that takes no mail);
+      - C{"persistent-soft"}: the mailbox exists but is full or over a
+        limit, or the bounce was recognised but says nothing readable;
+      - C{"other"}: the rest (filters, expiry, network and system errors).
+    """
+    if reason in OURS:
+        return "ours"
+    if reason in GONE:
+        return "gone"
+    if reason in PERSISTENT_SOFT or not reason:
+        return "persistent-soft"
+    if reason == "policyviolation" and isinstance(diagnostic, str) and _SENDER_POLICY.search(
+            _normalise(diagnostic)):
+        return "ours"
+    return "other"
+
+
+# ---------------------------------------------------------------------------
+# Refusals of our mail for what it is
+# ---------------------------------------------------------------------------
+
+# Reasons that refuse the message or its sender, never the recipient.
+_CONTENT_REASONS = frozenset({
+    "spamdetected", "virusdetected", "blocked", "badreputation", "authfailure",
+    "requireptr", "policyviolation",
+})
+
+# Diagnostics are short; past this is returned message content.
+_MAX_SCAN = 1 << 20
+# How far a reply may run on after the line holding its code.
+_MAX_CONTINUATION_LINES = 8
+_MAX_WINDOW = 1000
+# Each reply found costs at most _MAX_WINDOW characters of work.
+_MAX_REPLIES = 200
+
+# A 55x code standing alone: not part of a longer number or of a dotted
+# status/version, and followed by a blank, a "-" (multi-line reply) or the end.
+_CODE_RE = re.compile(r"(?<![\w.])55[0-9](?=[ \t-]|$)")
+# A DSN Diagnostic-Code of type smtp whose text has no reply code at all
+# (Google Groups writes its spam verdicts so).
+_BARE_DIAGNOSTIC_RE = re.compile(
+    r"^[ \t]*Diagnostic-Code:[ \t]*smtp[ \t]*;[ \t]*(?![0-9]{3}(?![0-9]))(?=\S)", re.IGNORECASE)
+# Addresses, URLs and host names say who, not why: the bounce of
+# nospam@example.org is still about the address.
+_NOISE_RE = re.compile(
+    r"""
+      <[^<>\n]{0,300}>                 # <addr>, <url>
+    | \b[a-z][a-z0-9+.-]{0,20}://\S*   # URLs
+    | (?<!\S)\S*@\S*                    # bare addresses
+    | (?<![\w-])[\w-]+(?:\.[\w-]+)+    # host names, dotted numbers
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_LEADING_STATUS_RE = re.compile(r"55[0-9][ \t-]+([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![\w.])")
+
+
+def _reply_window(lines: list[str], index: int, start: int) -> str:
+    """
+    The reply whose code is at C{lines[index][start:]}, with the lines that
+    continue it (folded lines, further lines of a multi-line reply).
+    """
+    first = lines[index][start:start + _MAX_WINDOW]
+    code, more = first[:3], first[3:4] == "-"
+    parts = [first]
+    size = len(first)
+    for line in lines[index + 1:index + 1 + _MAX_CONTINUATION_LINES]:
+        if size >= _MAX_WINDOW:
+            break
+        if more and line[:3] == code and line[3:4] in ("-", " ", "\t", ""):
+            more = line[3:4] == "-"
+        elif not (line[:1].isspace() and line.strip()):
+            break
+        parts.append(line.strip())
+        size += len(line)
+    return " ".join(parts)[:_MAX_WINDOW]
+
+
+def _refuses_content(window: str) -> bool:
+    m = _LEADING_STATUS_RE.match(window)
+    status = m.group(1) if m else None
+    if status and status_parts(status)[1] in ("1", "2"):
+        # About the address or the mailbox, whatever words follow.
+        return False
+    text = _NOISE_RE.sub(" ", window)
+    reason = classify(status, text, command="DATA")
+    if reason in _CONTENT_REASONS:
+        return reason != "policyviolation" or reason_group(reason, text) == "ours"
+    return False
+
+
+def is_spam_rejection(text) -> bool:
+    """
+    Whether C{text} holds a 55x SMTP rejection of our mail as spam, malware
+    or otherwise for what it is (sender reputation, authentication, a
+    content policy) rather than for its recipient: whether the reply's
+    reason (L{classify}) is one of those.
+
+    @param text: diagnostic text of a bounce, or an SMTP reply with its
+        code.  Bytes are read as UTF-8, with errors replaced.
+    @return: C{False} for anything else, including C{"550 5.1.1 user
+        unknown"}, C{"552 5.2.2 mailbox full"}, 4xx replies and text that
+        is not an SMTP reply at all.  Never raises.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text[:_MAX_SCAN]).decode("utf-8", "replace")
+    elif not isinstance(text, str):
+        return False
+    lines = text[:_MAX_SCAN].splitlines()
+    budget = _MAX_REPLIES
+    for index, line in enumerate(lines):
+        bare = _BARE_DIAGNOSTIC_RE.match(line)
+        if bare and _refuses_content(_reply_window(lines, index, bare.end())):
+            return True
+        for code in _CODE_RE.finditer(line):
+            if _refuses_content(_reply_window(lines, index, code.start())):
+                return True
+            budget -= 1
+            if budget == 0:
+                return False
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Hard or soft
+# ---------------------------------------------------------------------------
 
 _SOFT_TEXT = re.compile(
     r"mailbox (is )?full|mailbox.{0,20}(over|exceed)|quota|insufficient (disk )?space|"

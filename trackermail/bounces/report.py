@@ -27,6 +27,18 @@ def analyze_file(path: str) -> dict:
         "hard": analysis.hard if bounce else None,
         "recipients": [r.address.lower() for r in analysis.recipients] if bounce else [],
         "status": analysis.status if bounce else None,
+        "details": [_detail(r) for r in analysis.recipients] if bounce else [],
+    }
+
+
+def _detail(recipient) -> dict:
+    return {
+        "recipient": recipient.address.lower(),
+        "status": recipient.status,
+        "hard": recipient.hard,
+        "reason": recipient.reason or "undefined",
+        "remote_mta": recipient.remote_mta,
+        "diagnostic": recipient.diagnostic,
     }
 
 
