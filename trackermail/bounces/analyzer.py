@@ -253,7 +253,8 @@ class BounceAnalyzer:
             if m:
                 dsn_texts = [region[m.start():]]
         if dsn_texts:
-            report = read_dsn(dsn_texts, lambda address: formats.text_about(region, address))
+            report = read_dsn(dsn_texts, lambda address: formats.text_about(region, address),
+                              region[:4000])
             self._take_dsn(report)
             if report.delivered:
                 return self._not_a_bounce("delivered")

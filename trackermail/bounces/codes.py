@@ -124,7 +124,7 @@ STATUS_REASONS = {
     "5.1.2": "hostunknown",
     "5.1.3": "userunknown",
     "5.1.4": "filtered",
-    "5.1.10": "notaccept",
+    "5.1.10": "userunknown",  # Microsoft: RESOLVER.ADR.RecipientNotFound
     "5.2.0": "filtered",
     "4.2.1": "suspend",
     "5.2.1": "filtered",

@@ -148,20 +148,24 @@ class DSNReport:
     action: Optional[str] = None
 
 
-def read_dsn(dsn_texts: list[str], about: Optional[Callable[[str], str]] = None) -> DSNReport:
+def read_dsn(dsn_texts: list[str], about: Optional[Callable[[str], str]] = None,
+             whole: str = "") -> DSNReport:
     """
     The failed recipients of the delivery-status texts C{dsn_texts}.
 
     @param about: gives what the human-readable part of the report says
         about an address (C{""} when nothing): many MTAs put the SMTP
         command, or the whole reply, only there.
+    @param whole: the human-readable part, taken as being about the
+        recipient when the report has only one and C{about} finds nothing.
     """
     report = DSNReport([])
     recipients = []
     any_failure = False
     any_group = False
-    for text in dsn_texts:
-        fields, groups = parse_dsn(text)
+    parsed = [parse_dsn(text) for text in dsn_texts]
+    alone = sum(len(groups) for _, groups in parsed) == 1
+    for fields, groups in parsed:
         if report.reporting_mta is None and fields.get("reporting-mta"):
             report.reporting_mta = mta_name(fields["reporting-mta"])
         for group in groups:
@@ -194,7 +198,7 @@ def read_dsn(dsn_texts: list[str], about: Optional[Callable[[str], str]] = None)
             hard = judge_hard(action, effective, diag, None if action is None else True)
             if action and action.startswith("delay"):
                 report.delay_warning = True
-            note = about(address) if about else ""
+            note = (about(address) if about else "") or (whole if alone else "")
             if note:
                 effective = _refine(effective, failure_status(note))
             explained = diag if _says_something(diag) else (note or diag)

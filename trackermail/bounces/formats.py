@@ -357,6 +357,8 @@ def text_recipients(msg: Message, original, region: str,
     return dedupe(recipients), delay
 
 
+_NEW_SESSION = re.compile(r"(?i)^\s*(?:\.\.\.\s*)?while talking to ")
+_REPLY_CODE = re.compile(r"(?<![\w.])[45]\d\d(?![\w.])")
 _LEADING_ADDRESS = re.compile(r"^\s*[<(\[\"]?([^\s<>()\[\]\"@]+@[^\s<>()\[\]\"]+?)[>)\]\"]?(?:\s|:|$)")
 
 
@@ -367,12 +369,18 @@ def _diagnostic_after(lines: list[str], i: int) -> str:
     """
     own = {a.lower() for a in addresses_in(lines[i])}
     chunk = [lines[i].strip()]
+    indent = len(lines[i]) - len(lines[i].lstrip())
     blanks = 0
     for line in lines[i + 1:i + 12]:
         if not line.strip():
             blanks += 1
             if blanks > 2:
                 break
+            continue
+        if not blanks and len(line) - len(line.lstrip()) > indent:
+            # A folded continuation of the text (Postfix's "said: 553\n
+            # 5.1.8 <sender>... does not exist"): whatever address it names.
+            chunk.append(line.strip())
             continue
         blanks = 0
         m = _LIST_LINE.match(line) if "@" in line else None
@@ -383,6 +391,10 @@ def _diagnostic_after(lines: list[str], i: int) -> str:
             # The next recipient's own line.
             break
         if _ORIGINAL_MARKER.search(line):
+            break
+        if _NEW_SESSION.match(line) and _REPLY_CODE.search(chunk[0]):
+            # The recipient's line gave its error (old Sendmail's "554
+            # <addr>... 550 Host unknown"): the next session is another's.
             break
         chunk.append(line.strip())
     return " ".join(chunk)

@@ -93,7 +93,7 @@ _TEXT = {
         r"message (?:file )?too big", r"max(?:imum)? message size exceeded",
         r"message size exceeds", r"exceeded maximum inbound message size",
         r"message length exceeds administrative limit", r"size limit",
-        r"message (?:is )?larger than", r"exceeded the maximum (?:incoming )?message size",
+        r"message (?:is )?larger than", r"recipsizelimit", r"exceeded the maximum (?:incoming )?message size",
     ),
     "exceedlimit": _words(r"message too large"),
     "suspend": _words(
@@ -230,9 +230,9 @@ _TEXT = {
         r"members-only list", r"closed mailing list", r"not subscribed to this group",
         r"header (?:error|are not accepted)", r"mass mailer", r"message given low priority",
         r"not accepting mail with (?:attachments|embedded images)", r"we do not accept messages containing",
-        r"without solving a captcha", r"protocol violation",
+        r"without solving a captcha", r"protocol violation", r"host network not allowed",
     ),
-    "speeding": _words(r"try again slower", r"receiving mail at a rate",
+    "speeding": _words(r"try again slower", r"receiving mail at a rate", r"sent to too many recipients",
                        r"sending (?:too fast|rate exceeded)", r"rate (?:limit(?:ed)?|exceeded)",
                        r"(?:unusual|high) rate of"),
     "toomanyconn": _words(
@@ -290,13 +290,14 @@ _TEXT = {
         r"mail forwarding loop", r"forwarding loop count exceeded", r"host not found, try again",
         r"dns records for the destination computer could not be found",
         r"could not connect and send the mail", r"dns error", r"lookup of \S+ (?:responded|had no)",
-        r"name lookup failure", r"(?:unable|wasn't able|was not able) to establish an smtp connection",
+        r"name server: \S+ host name lookup failure", r"(?:unable|wasn't able|was not able) to establish an smtp connection",
     ),
     "expired": _words(
         r"connection timed out", r"timed? out (?:while|during|after)", r"message (?:timed out|expired)",
         r"delivery time expired", r"giving up on", r"gave up", r"(?:has been|too long) in the queue",
         r"in the queue too long", r"could not find a gateway", r"server did not respond",
         r"not been collected after", r"expired after sitting in queue",
+        r"not delivered within \d+ (?:days|hours)", r"(?:remote )?(?:host|server) is not responding",
         r"retry time not reached", r"not reachable within the allowed queue period",
         r"delivery failed \d+ attempts", r"unable to deliver in \d+ minutes",
         r"retry timeout exceeded", r"delivery (?:attempts|has) (?:will )?"
@@ -342,9 +343,13 @@ _SECOND = ("mailboxfull", "spamdetected", "policyviolation", "virusdetected", "n
 # Reasons a status code names only vaguely: the text may know better.
 _VAGUE = {None, "undefined", "onhold", "systemerror", "securityerror", "expired", "suspend",
           "networkerror", "hostunknown", "userunknown"}
+# Reasons a status code names too clearly for a text of unknown context
+# (no SMTP command) to overrule with "unknown user".
+_DEFINITE = {"rejected", "mailboxfull", "exceedlimit", "mesgtoobig", "hasmoved", "systemfull",
+             "notaccept", "contenterror", "toomanyconn", "filtered"}
 # A status saying "unknown user" is not believed when the text says these.
 _NOT_UNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept",
-                "filtered")
+                "filtered", "speeding")
 # SMTP commands after which the message content has not been seen yet.
 _BEFORE_DATA = {"CONN", "HELO", "EHLO", "MAIL", "RCPT"}
 
@@ -360,6 +365,7 @@ _COMMAND_RES = (
                 r"(rcpt to|mail from|end of data|data|helo|ehlo|lhlo|initial connection|"
                 r"sending (?:rcpt|mail|data))\b"), None),
     (re.compile(r"did not like our (rcpt to|mail from|data|helo|ehlo)"), None),
+    (re.compile(r"most progress was (rcpt to|mail from|data|helo|ehlo)"), None),
     (re.compile(r">>> ?(rcpt to|mail from|data|helo|ehlo|lhlo)\b"), None),
     (re.compile(r"smtp command:? ?(rcpt|mail|data|helo|ehlo)\b"), None),
     (re.compile(r"\bsmtp:(rcpt|mail|data|helo|ehlo)\b"), None),
@@ -368,6 +374,8 @@ _COMMAND_RES = (
     (re.compile(r"(failed after i sent the message)"), "DATA"),
     (re.compile(r"but (sender) was rejected"), "MAIL"),
     (re.compile(r"but (my name) was rejected"), "HELO"),
+    (re.compile(r"(refused to talk to me)"), "CONN"),
+    (re.compile(r"while talking to [^:\s]+:?\s+(<<<)"), "CONN"),
     (re.compile(r"(greeting) (?:failed|was rejected)|(?:refused|rejected) (?:the )?(connection)"),
      "CONN"),
 )
@@ -417,8 +425,7 @@ def _says(reason: str, text: str) -> bool:
     return _TEXT[reason].search(text) is not None
 
 
-def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[str],
-            status: Optional[str]) -> bool:
+def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[str]) -> bool:
     """
     Step 1: whether C{text}, C{by_status} (the status code's reason) and
     C{command} prove C{reason}.
@@ -436,8 +443,9 @@ def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[
         if by_status == "suspend":
             return False
         if by_status == "filtered":
-            return _says("userunknown", text) or _says("filtered", text)
-        if command in ("RCPT", "MAIL"):
+            return (_says("userunknown", text) or _says("filtered", text)
+                    or "message filtered" in text)
+        if command in ("RCPT", "MAIL") or (command is None and by_status in _DEFINITE):
             return False
         return _says("filtered", text) or _says("userunknown", text)
     if reason == "rejected":
@@ -458,17 +466,21 @@ def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[
         if by_status == "mesgtoobig":
             return True
         if by_status == "exceedlimit":
-            return False
+            return "recipsizelimit" in text
         return _says(reason, text)
     if reason in ("spamdetected", "virusdetected"):
         if by_status == reason:
             return True
+        if by_status == "contenterror":
+            # A media or format error, whatever words it uses.
+            return False
         return command not in _BEFORE_DATA and _says(reason, text)
     if reason in ("suspend", "hasmoved", "speeding", "badreputation", "notcompliantrfc",
                   "notaccept", "securityerror", "client"):
         return _says(reason, text)
-    if reason == "blocked" and command in ("CONN", "HELO", "EHLO"):
-        # Refused before the envelope: the client was.
+    if reason == "blocked" and command in ("CONN", "HELO", "EHLO") and by_status is None:
+        # Refused before the envelope, for no reason the status tells: the
+        # client was.
         return True
     return by_status == reason or _says(reason, text)
 
@@ -513,7 +525,7 @@ def classify(status: Optional[str] = None, diagnostic: Optional[str] = "", *,
 
     if dtype == "smtp":
         for reason in _FIRST:
-            if _proves(reason, text, by_status, command, status):
+            if _proves(reason, text, by_status, command):
                 return "blocked" if reason == "client" else reason
 
     reason = by_status
