@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bounces.test_analyzer -*-
+# -*- test-case-name: tests.bounces.test_codes -*-
 """
 Status codes of delivery reports: the RFC 3463 enhanced status codes
 (C{5.1.1}) with their texts, the SMTP reply codes (C{550}), and how to find

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bounces.test_analyzer -*-
+# -*- test-case-name: tests.bounces.test_dsn -*-
 """
 RFC 3464 delivery status notifications: the C{message/delivery-status}
 part, its per-message and per-recipient fields, and the failed recipients

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bounces.test_analyzer -*-
+# -*- test-case-name: tests.bounces.test_formats -*-
 """
 Bounces without a delivery-status part: the plain-text reports of qmail,
 Exim, Postfix, Sendmail, Exchange, Gmail, Yahoo and friends, and Amazon

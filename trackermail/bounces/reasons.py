@@ -66,8 +66,8 @@ REASONS = (
 # order.  Step 2: what the text may name when the status is vague.
 _FIRST = ("mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
           "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
-          "badreputation", "notaccept", "rejected", "hostunknown", "securityerror", "client",
-          "virusdetected", "spamdetected", "speeding", "toomanyconn", "blocked")
+          "badreputation", "notaccept", "rejected", "hostunknown", "securityerror", "speeding",
+          "toomanyconn", "client", "virusdetected", "spamdetected", "blocked")
 _SECOND = ("mailboxfull", "spamdetected", "policyviolation", "virusdetected", "norelaying",
            "authfailure", "badreputation", "securityerror", "systemerror", "networkerror",
            "speeding", "suspend", "expired", "contenterror", "systemfull", "notaccept",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bounces.test_analyzer -*-
+# -*- test-case-name: tests.bounces.test_report -*-
 """
 C{trackermail analyze-bounce FILE...}: one JSON line per file.
 """
