@@ -190,17 +190,41 @@ STATUS_REASONS = {
 }
 
 
+# Microsoft's own three-digit details (Exchange Online, Outlook.com), as
+# documented in its non-delivery report reference.
+_MICROSOFT_REASONS = [
+    (re.compile(r"x\.4\.316$"), "expired"),
+    (re.compile(r"x\.4\.312$"), "networkerror"),
+    (re.compile(r"5\.6\.11$"), "contenterror"),
+    (re.compile(r"5\.7\.12[34]$|5\.7\.13[3-6]$|5\.7\.511$"), "rejected"),
+    (re.compile(r"5\.7\.50[1-3]$"), "spamdetected"),
+    (re.compile(r"5\.7\.50[45]$"), "filtered"),
+    (re.compile(r"5\.7\.50[67]$|5\.7\.60[6-9]$|5\.7\.6[1-4]\d$|4\.7\.[56]\d\d$|4\.7\.8[5-9]\d$"),
+     "blocked"),
+    (re.compile(r"5\.7\.508$|5\.7\.7[0-4]\d$"), "toomanyconn"),
+    (re.compile(r"5\.7\.509$"), "authfailure"),
+    (re.compile(r"5\.7\.510$"), "notaccept"),
+    (re.compile(r"5\.7\.51[2-5]$"), "securityerror"),
+    (re.compile(r"5\.1\.351$"), "userunknown"),
+]
+
+
 def status_reason(status: Optional[str]) -> Optional[str]:
     """
     The bounce reason the enhanced status code C{status} (C{"5.2.2"})
     stands for, or None.
     """
     parts = status_parts(status)
-    if not parts:
+    if not parts or parts[0] not in ("4", "5"):
         return None
     detail = ".".join(str(int(p)) for p in parts[1:])
-    return STATUS_REASONS.get(parts[0] + "." + detail) or STATUS_REASONS.get("x." + detail) \
-        if parts[0] in ("4", "5") else None
+    reason = STATUS_REASONS.get(parts[0] + "." + detail) or STATUS_REASONS.get("x." + detail)
+    if reason is None and len(parts[2]) == 3:
+        code = parts[0] + "." + detail
+        for regex, named in _MICROSOFT_REASONS:
+            if regex.match(code) or regex.match("x." + detail):
+                return named
+    return reason
 
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
