@@ -26,6 +26,14 @@ the DSN ``Action`` (``delayed`` is soft), the RFC 3463 status class (5 hard,
 full", "quota", "try again later" soft; "user unknown", "no such user",
 "does not exist" hard).  A returned message with no other clue is hard.
 
+Each failed recipient also gets a reason in Sisimai's vocabulary
+(C{userunknown}, C{mailboxfull}, C{blocked}, ...): see
+L{trackermail.bounces.reasons}.  The parts live in their own modules:
+L{mime} (safe access to the message), L{codes} (status codes), L{dsn}
+(delivery-status parts), L{formats} (plain-text and SES reports),
+L{reasons} and L{phrases} (why a recipient failed), L{report} (the
+C{analyze-bounce} command).
+
 Nothing in here raises on odd input: broken MIME, undecodable headers,
 missing parts and unknown status codes give a defined, possibly empty,
 result.
