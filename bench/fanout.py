@@ -47,6 +47,7 @@ sys.path.insert(0, HERE)
 
 from _common import free_port, scratch_pg_database  # noqa: E402
 
+from trackermail.store.outbox import enqueue, outbox_summary
 
 # -- the sink ----------------------------------------------------------------
 
@@ -236,7 +237,7 @@ async def _row_sender(ctx: RowContext, backend: str) -> RowResult:
     scratch = ScratchStore(backend)
     store = await scratch.open()
     try:
-        await store.enqueue(ctx.message, [ctx.envelope(i)[::-1] for i in range(ctx.deliveries)],
+        await store.run(enqueue, ctx.message, [ctx.envelope(i)[::-1] for i in range(ctx.deliveries)],
                             0.0)
         pool = SMTPPool(reactor, "127.0.0.1", ctx.port, connections=ctx.connections,
                         helo="tracker.example")
@@ -247,7 +248,7 @@ async def _row_sender(ctx: RowContext, backend: str) -> RowResult:
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         await sender.stopService()
         await pool.close()
-        summary = await store.outbox_summary(time.time())
+        summary = await store.run(outbox_summary, time.time())
     finally:
         await scratch.close()
     return RowResult(f"outbox sender, {backend}", ctx.deliveries, summary.sent, seconds, cpu)

@@ -18,6 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from _common import scratch_pg_database  # noqa: E402
+
 N = int(os.environ.get("BENCH_SOURCES", "60000"))
 
 

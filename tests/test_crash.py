@@ -8,82 +8,28 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-FQDN = "tracker.example.org"
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from tests.support.net import wait_until
+from tests.support.tracker import FQDN, TrackerProcess
+
 MSGID = re.compile(rb"^Message-ID: <(crash-\d+)@example\.net>", re.M | re.I)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class CrashTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.tracker = TrackerProcess(self, spool={"rescan_interval": 1})
+        self.dir = self.tracker.dir
         self.db = os.path.join(self.dir, "tracker.sqlite")
-        self.port = free_port()
-        self.config = os.path.join(self.dir, "tracker.toml")
-        with open(self.config, "w") as f:
-            f.write(
-                f'[tracker]\nfqdn = "{FQDN}"\nsecret_key = "{"k" * 40}"\n'
-                f'[spool]\npath = "{self.dir}/spool"\nrescan_interval = 1\n'
-                f'[database]\nurl = "sqlite:///{self.db}"\n'
-                f"[smtp]\nlisten = []\n"
-                f'[lmtp]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-                f"[outbound]\nenabled = false\n"
-            )
-        cli = [sys.executable, "-m", "trackermail.cli", "--config", self.config]
-        subprocess.run(cli + ["migrate"], check=True, capture_output=True, timeout=60)
-        subprocess.run(cli + ["subscribe", "pkg", "jane@example.org"], check=True,
-                       capture_output=True, timeout=60)
-        self.proc = None
+        self.tracker.cli("migrate")
+        self.tracker.cli("subscribe", "pkg", "jane@example.org")
 
     def start(self):
-        log = open(os.path.join(self.dir, "twistd.log"), "ab")
-        self.addCleanup(log.close)
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "tracker", "--config", self.config],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        self.addCleanup(self.stop)
-
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(listening, 60, "the tracker to listen")
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.tracker.start()
+        self.port = self.tracker.ports["lmtp"]
+        self.proc = self.tracker.proc
 
     def forwarded_ids(self) -> list[bytes]:
         conn = sqlite3.connect(self.db, timeout=30)

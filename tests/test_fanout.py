@@ -8,7 +8,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
 from trackermail.bounces import verp
 from trackermail.errors import PermanentFailure
-from trackermail.store import ops
+from trackermail.store.bounce_stats import bounce_stats
+from trackermail.store.news import news
+from trackermail.store.packages import add_package
+from trackermail.store.sql import Value
+from trackermail.store.subscriptions import set_subscription_keywords, subscribe
+from trackermail.store.teams import (
+    add_team,
+    join_team,
+    set_membership_muted,
+    team_add_package,
+)
 
 BUG_MAIL = (
     b"From: Reporter <rep@example.net>\r\n"
@@ -32,9 +42,9 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_bug_mail_reaches_subscribers_wanting_bts(self):
         """A bug report reaches subscribers whose keyword set has bts, not the others."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
-        self.run(ops.subscribe, "vcsonly@example.org", "dpkg")
-        self.run(ops.set_subscription_keywords, "vcsonly@example.org", "dpkg", "=", ["vcs"])
+        self.run(subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "vcsonly@example.org", "dpkg")
+        self.run(set_subscription_keywords, "vcsonly@example.org", "dpkg", "=", ["vcs"])
         outcome = deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         self.assertEqual((outcome.action, outcome.fields["keyword"]), ("forwarded", "bts"))
         copies = outbox(self, self.store)
@@ -42,7 +52,7 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_copy_headers_and_untouched_original(self):
         """A copy carries the tracker headers, then the original bytes unchanged."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
         deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         [(rcpt, sender, data)] = outbox(self, self.store)
         copy = parse(data)
@@ -60,33 +70,33 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_verp_sender_is_signed_and_counted(self):
         """Each copy has a signed VERP envelope sender and counts as sent today."""
-        self.run(ops.subscribe, "Alice@Example.org", "dpkg")
+        self.run(subscribe, "Alice@Example.org", "dpkg")
         deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         [(rcpt, sender, data)] = outbox(self, self.store)
         info = verp.decode(sender, self.processor.config.tracker.secret_key, FQDN)
         self.assertEqual(info.email.lower(), "alice@example.org")
         self.assertEqual(info.day.isoformat(), "2026-11-18")
-        stats = self.run(ops.bounce_stats, "alice@example.org")
+        stats = self.run(bounce_stats, "alice@example.org")
         self.assertEqual([(s.day, s.sent, s.bounced) for s in stats], [("2026-11-18", 1, 0)])
 
     def test_body_stored_once_for_many(self):
         """A fan-out to many subscribers stores the body once."""
         for i in range(50):
-            self.run(ops.subscribe, f"user{i}@example.org", "dpkg")
+            self.run(subscribe, f"user{i}@example.org", "dpkg")
         deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         self.assertEqual(len(outbox(self, self.store)), 50)
-        count = self.run(lambda: (yield ops.Value("SELECT COUNT(*) FROM outbox_messages")))
+        count = self.run(lambda: (yield Value("SELECT COUNT(*) FROM outbox_messages")))
         self.assertEqual(count, 1)
 
     def test_team_members_and_dedup(self):
         """Team members get a team-marked copy; a direct subscriber gets only the direct one."""
-        self.run(ops.add_package, "dpkg")
-        self.run(ops.add_team, "dpkg-team", "dpkg team", "owner@example.org")
-        self.run(ops.team_add_package, "dpkg-team", "dpkg")
-        self.run(ops.join_team, "dpkg-team", "both@example.org")
-        self.run(ops.join_team, "dpkg-team", "muted@example.org")
-        self.run(ops.set_membership_muted, "dpkg-team", "muted@example.org", True)
-        self.run(ops.subscribe, "both@example.org", "dpkg")
+        self.run(add_package, "dpkg")
+        self.run(add_team, "dpkg-team", "dpkg team", "owner@example.org")
+        self.run(team_add_package, "dpkg-team", "dpkg")
+        self.run(join_team, "dpkg-team", "both@example.org")
+        self.run(join_team, "dpkg-team", "muted@example.org")
+        self.run(set_membership_muted, "dpkg-team", "muted@example.org", True)
+        self.run(subscribe, "both@example.org", "dpkg")
         deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         copies = {rcpt: parse(data) for rcpt, _, data in outbox(self, self.store)}
         self.assertEqual(sorted(copies), ["both@example.org", "owner@example.org"])
@@ -96,7 +106,7 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_loop_is_dropped(self):
         """Mail that already carries X-Loop: dispatch@FQDN is dropped."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
         outcome = deliver(self, self.processor, f"dispatch+dpkg@{FQDN}",
                           f"X-Loop: dispatch@{FQDN}\r\n".encode() + BUG_MAIL)
         self.assertEqual(outcome.action, "dropped")
@@ -104,7 +114,7 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_default_mail_needs_approval(self):
         """Unclassified mail to dispatch+PKG@ is dropped unless approved."""
-        self.run(ops.subscribe, "alice@example.org", "hello")
+        self.run(subscribe, "alice@example.org", "hello")
         plain = b"From: a@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
         outcome = deliver(self, self.processor, f"dispatch+hello@{FQDN}", plain)
         self.assertEqual((outcome.action, outcome.detail),
@@ -115,8 +125,8 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_address_keyword(self):
         """dispatch+PKG_KW@ classifies by the address."""
-        self.run(ops.subscribe, "alice@example.org", "hello")
-        self.run(ops.set_subscription_keywords, "alice@example.org", "hello", "=", ["vcs"])
+        self.run(subscribe, "alice@example.org", "hello")
+        self.run(set_subscription_keywords, "alice@example.org", "hello", "=", ["vcs"])
         outcome = deliver(self, self.processor, f"dispatch+hello_vcs@{FQDN}",
                           b"From: a@example.net\r\nSubject: commit\r\n\r\ndiff\r\n")
         self.assertEqual((outcome.action, outcome.fields["keyword"]), ("forwarded", "vcs"))
@@ -130,7 +140,7 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_same_message_twice_is_not_forwarded_twice(self):
         """A message processed again (crash before unlink) is recognised by its digest."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
         deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         outcome = deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
         self.assertEqual(outcome.action, "duplicate")
@@ -146,13 +156,13 @@ class DispatchFanoutTests(SynchronousTestCase):
                 b"Files:\r\n abc 100 newpkg_1.0-1.dsc\r\n")
         outcome = deliver(self, self.processor, f"dispatch@{FQDN}", mail)
         self.assertEqual(outcome.fields["keyword"], "upload-source")
-        [item] = self.successResultOf(self.store.news("newpkg"))
+        [item] = self.successResultOf(self.store.run(news, "newpkg"))
         self.assertEqual(item.title, "Accepted newpkg 1.0-1 (source amd64) into unstable")
         self.assertEqual(item.created_by, "Jane Doe")
 
     def test_broken_mime_and_no_from(self):
         """A message without From and with broken MIME is still forwarded intact."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
         mail = (b"Subject: =?utf-8?q?broken=ZZ?=\r\nX-Distro-Tracker-Package: dpkg\r\n"
                 b"X-Distro-Tracker-Keyword: bts\r\n"
                 b"Content-Type: multipart/mixed; boundary=\"nope\r\n\r\n\x00\xff garbage\r\n")
@@ -164,8 +174,8 @@ class DispatchFanoutTests(SynchronousTestCase):
 
     def test_huge_message_is_forwarded_intact(self):
         """A 20 MiB bug mail is forwarded byte for byte, its body stored once."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
-        self.run(ops.subscribe, "bob@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "bob@example.org", "dpkg")
         big = BUG_MAIL + (b"y" * 76 + b"\r\n") * (20 * 1024 * 1024 // 78)
         outcome = deliver(self, self.processor, f"dispatch@{FQDN}", big)
         self.assertEqual(outcome.fields["recipients"], 2)
@@ -175,7 +185,7 @@ class DispatchFanoutTests(SynchronousTestCase):
     def test_five_thousand_packages_are_capped(self):
         """A bug mail naming 5,000 packages is forwarded for at most 50 of them."""
         for i in range(60):
-            self.run(ops.subscribe, f"u{i}@example.org", f"pkg{i}")
+            self.run(subscribe, f"u{i}@example.org", f"pkg{i}")
         names = " ".join(f"pkg{i}" for i in range(5000)).encode()
         mail = BUG_MAIL.replace(b"X-Debian-PR-Package: dpkg", b"X-Debian-PR-Package: " + names)
         mail = mail.replace(b"X-Debian-PR-Source: dpkg\r\n", b"")
@@ -188,10 +198,10 @@ class TeamMailTests(SynchronousTestCase):
     def setUp(self):
         self.processor, self.store, self.clock = make_pipeline(self)
         self.run = lambda program, *a: self.successResultOf(self.store.run(program, *a))
-        self.run(ops.add_team, "qa", "QA team", "owner@example.org")
-        self.run(ops.join_team, "qa", "m@example.org")
-        self.run(ops.join_team, "qa", "quiet@example.org")
-        self.run(ops.set_membership_muted, "qa", "quiet@example.org", True)
+        self.run(add_team, "qa", "QA team", "owner@example.org")
+        self.run(join_team, "qa", "m@example.org")
+        self.run(join_team, "qa", "quiet@example.org")
+        self.run(set_membership_muted, "qa", "quiet@example.org", True)
 
     def test_people_mail_reaches_unmuted_members(self):
         """Mail to team+SLUG@ reaches every unmuted member with keyword contact."""

@@ -22,6 +22,13 @@ from trackermail.importer import (
     parse_dump,
     read_dump,
 )
+from trackermail.store.packages import add_package, get_package
+from trackermail.store.subscriptions import (
+    dump_subscribers,
+    subscribe,
+    subscribers_of,
+    subscriptions_of,
+)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "distro-tracker")
 EXPECTED = {
@@ -121,7 +128,7 @@ class ParseDumpTests(SynchronousTestCase):
     def test_unknown_format_and_missing_file(self):
         """Text in no known format and a missing file are errors, not crashes."""
         e = self.assertRaises(DumpError, parse_dump, self.write(b"Hello,\nworld\n"))
-        self.assertIn("not a distro-tracker subscriber dump", str(e))
+        self.assertIn("not a distro-tracker dump", str(e))
         missing = os.path.join(self.mktemp(), "nope.json")
         self.assertRaises(DumpError, parse_dump, missing)
 
@@ -144,38 +151,38 @@ class ImportDumpTests(SynchronousTestCase):
         """Every subscriber of the dump is subscribed, active, without confirmation."""
         result = self.imported(EXPECTED)
         self.assertEqual(result, ImportResult(2, 3, 0, 0))
-        self.assertEqual(self.successResultOf(self.store.dump_subscribers()),
+        self.assertEqual(self.successResultOf(self.store.run(dump_subscribers)),
                          {"dpkg": ["Bob@Example.org", "jane@example.net"],
                           "apt": ["jane@example.net"]})
-        self.assertEqual(self.successResultOf(self.store.subscriptions_of("JANE@example.net")),
+        self.assertEqual(self.successResultOf(self.store.run(subscriptions_of, "JANE@example.net")),
                          ["apt", "dpkg"])
 
     def test_second_run_creates_nothing(self):
         """Importing the same dump again creates nothing and counts what is there."""
         self.imported(EXPECTED)
         self.assertEqual(self.imported(EXPECTED), ImportResult(2, 0, 3, 0))
-        stats = self.successResultOf(self.store.dump_subscribers())
+        stats = self.successResultOf(self.store.run(dump_subscribers))
         self.assertEqual(sum(len(v) for v in stats.values()), 3)
 
     def test_existing_subscriptions_and_packages_kept(self):
         """Existing subscribers count as present; a known package keeps its kind."""
-        self.successResultOf(self.store.add_package("dpkg"))
-        self.successResultOf(self.store.subscribe("bob@example.org", "dpkg"))
+        self.successResultOf(self.store.run(add_package, "dpkg"))
+        self.successResultOf(self.store.run(subscribe, "bob@example.org", "dpkg"))
         self.assertEqual(self.imported(EXPECTED), ImportResult(2, 2, 1, 0))
-        self.assertEqual(self.successResultOf(self.store.get_package("dpkg")).kind, "source")
+        self.assertEqual(self.successResultOf(self.store.run(get_package, "dpkg")).kind, "source")
 
     def test_pending_subscription_becomes_active(self):
         """A subscription waiting for confirmation is activated by the import."""
-        self.successResultOf(self.store.subscribe("jane@example.net", "apt", active=False))
+        self.successResultOf(self.store.run(subscribe, "jane@example.net", "apt", active=False))
         self.assertEqual(self.imported({"apt": ["jane@example.net"]}), ImportResult(1, 1, 0, 0))
-        self.assertEqual(self.successResultOf(self.store.subscribers_of("apt")),
+        self.assertEqual(self.successResultOf(self.store.run(subscribers_of, "apt")),
                          ["jane@example.net"])
 
     def test_case_variants_are_one_address(self):
         """The same address in two spellings is subscribed once."""
         result = self.imported({"dpkg": ["Jane@Example.net", "jane@example.NET"]})
         self.assertEqual(result, ImportResult(1, 1, 0, 0))
-        self.assertEqual(self.successResultOf(self.store.subscribers_of("dpkg")),
+        self.assertEqual(self.successResultOf(self.store.run(subscribers_of, "dpkg")),
                          ["Jane@Example.net"])
 
     def test_invalid_entries_skipped_counted_and_reported(self):
@@ -192,7 +199,7 @@ class ImportDumpTests(SynchronousTestCase):
         self.assertTrue(any('"Bad_Name" is not a valid package name' in w for w in warnings))
         self.assertTrue(any(w.startswith("dpkg: address skipped") and "not-an-email" in w
                             for w in warnings), warnings)
-        self.assertEqual(self.successResultOf(self.store.dump_subscribers()),
+        self.assertEqual(self.successResultOf(self.store.run(dump_subscribers)),
                          {"dpkg": ["jane@example.net"]})
 
     def test_batches_report_progress(self):
@@ -216,7 +223,7 @@ class ImportDumpTests(SynchronousTestCase):
                    for i in range(2500)}
         result = self.imported(mapping)
         self.assertEqual(result, ImportResult(2500, 7500, 0, 0))
-        dump = self.successResultOf(self.store.dump_subscribers())
+        dump = self.successResultOf(self.store.run(dump_subscribers))
         self.assertEqual(len(dump), 2500)
         self.assertEqual(sorted(dump["pkg01234"]), sorted(mapping["pkg01234"]))
         self.assertEqual(self.imported(mapping), ImportResult(2500, 0, 7500, 0))
@@ -235,7 +242,7 @@ class _RealStoreImportMixin:
         self.assertEqual(result, ImportResult(1200, 2400, 0, 1))
         again = await import_dump(store, mapping, batch_size=500, now=6.0)
         self.assertEqual(again, ImportResult(1200, 0, 2400, 1))
-        dump = await store.dump_subscribers(["pkg0007"])
+        dump = await store.run(dump_subscribers, ["pkg0007"])
         self.assertEqual(dump, {"pkg0007": ["u7@example.org", "V0@Example.org"]})
 
 

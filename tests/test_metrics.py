@@ -15,10 +15,11 @@ from tests.support.pipeline import FQDN, deliver, make_pipeline
 from trackermail import metrics
 from trackermail.bounces import verp
 from trackermail.bounces.policy import permanent_failure
-from trackermail.errors import PermanentFailure
+from trackermail.errors import PermanentFailure, StoreUnavailable
 from trackermail.outbound.sender import OutboxSender
-from trackermail.store import ops
-from trackermail.store.interface import OutboxSummary
+from trackermail.store.bounce_stats import record_sent
+from trackermail.store.outbox import OutboxSummary, enqueue
+from trackermail.store.subscriptions import subscribe, subscriptions_of
 
 DAY = 86400
 
@@ -61,7 +62,7 @@ class ProcessingMetricsTests(SynchronousTestCase):
 
     def test_processed_message_counted_per_service(self):
         """A forwarded bug mail counts as received and processed by dispatch, with its latency."""
-        self.run(ops.subscribe, "alice@example.org", "dpkg")
+        self.run(subscribe, "alice@example.org", "dpkg")
         delta = Delta(
             series("trackermail_messages_received_total", service="dispatch"),
             series("trackermail_messages_processed_total", service="dispatch",
@@ -103,6 +104,19 @@ class ProcessingMetricsTests(SynchronousTestCase):
         """A store error while processing counts as a temporary failure."""
         delta = Delta(series("trackermail_processing_failures_total", kind="temporary"))
 
+        def unreachable(incoming, ctx):
+            raise StoreUnavailable("PostgreSQL: connection refused")
+            yield
+
+        self.processor.handlers["dispatch"] = unreachable
+        raw = f"Delivered-To: dispatch@{FQDN}\r\n".encode() + BUG_MAIL
+        self.failureResultOf(self.processor.process_bytes(raw))
+        self.assertEqual(delta("trackermail_processing_failures_total", kind="temporary"), 1)
+
+    def test_handler_bug_counted_permanent(self):
+        """A bug in a handler counts as a permanent failure (the mail goes to failed/)."""
+        delta = Delta(series("trackermail_processing_failures_total", kind="permanent"))
+
         def broken(incoming, ctx):
             raise RuntimeError("a bug")
             yield
@@ -111,7 +125,7 @@ class ProcessingMetricsTests(SynchronousTestCase):
         raw = f"Delivered-To: dispatch@{FQDN}\r\n".encode() + BUG_MAIL
         self.failureResultOf(self.processor.process_bytes(raw))
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(delta("trackermail_processing_failures_total", kind="temporary"), 1)
+        self.assertEqual(delta("trackermail_processing_failures_total", kind="permanent"), 1)
 
     def test_confirmation_sent_counted(self):
         """A subscribe request by mail counts one confirmation sent."""
@@ -124,23 +138,23 @@ class ProcessingMetricsTests(SynchronousTestCase):
 
     def test_bounces_counted_and_unsubscription(self):
         """Four days of bounces count four bounces and one unsubscription by bounce."""
-        self.run(ops.subscribe, "dead@example.net", "dpkg")
+        self.run(subscribe, "dead@example.net", "dpkg")
         delta = Delta(series("trackermail_bounces_counted_total"),
                       series("trackermail_unsubscribed_by_bounce_total"))
         secret = self.processor.config.tracker.secret_key
         for _ in range(4):
             today = datetime.datetime.fromtimestamp(self.clock.now, datetime.timezone.utc).date()
-            self.run(ops.record_sent, ["dead@example.net"], today.isoformat())
+            self.run(record_sent, ["dead@example.net"], today.isoformat())
             address = verp.encode("dead@example.net", today, secret, FQDN)
             deliver(self, self.processor, address, dsn("dead@example.net"))
             self.clock.now += DAY
-        self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"), [])
+        self.assertEqual(self.run(subscriptions_of, "dead@example.net"), [])
         self.assertEqual(delta("trackermail_bounces_counted_total"), 4)
         self.assertEqual(delta("trackermail_unsubscribed_by_bounce_total"), 1)
 
     def test_soft_bounce_not_counted(self):
         """A soft bounce is not a counted bounce."""
-        self.run(ops.subscribe, "full@example.net", "dpkg")
+        self.run(subscribe, "full@example.net", "dpkg")
         delta = Delta(series("trackermail_bounces_counted_total"))
         today = datetime.datetime.fromtimestamp(self.clock.now, datetime.timezone.utc).date()
         address = verp.encode("full@example.net", today,
@@ -159,12 +173,12 @@ class DeliveryMetricsTests(SynchronousTestCase):
         clock.advance(fake.now)
         secret = processor.config.tracker.secret_key
         today = datetime.datetime.fromtimestamp(fake.now, datetime.timezone.utc).date()
-        store.run(ops.subscribe, "gone@example.org", "dpkg")
-        store.run(ops.record_sent, ["gone@example.org"], today.isoformat())
+        store.run(subscribe, "gone@example.org", "dpkg")
+        store.run(record_sent, ["gone@example.org"], today.isoformat())
         transport = MemoryOutboundTransport()
         transport.script("later@example.org", (451, "4.3.0 try later"))
         transport.script("gone@example.org", (550, "5.1.1 no such user"))
-        store.run(ops.enqueue, b"Subject: x\r\n\r\nx\r\n", [
+        store.run(enqueue, b"Subject: x\r\n\r\nx\r\n", [
             ("ok@example.org", ""), ("later@example.org", ""),
             ("gone@example.org", verp.encode("gone@example.org", today, secret, FQDN)),
         ], clock.seconds())

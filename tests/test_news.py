@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.vendor import fixture_bytes, parse
-from trackermail.dispatch import MAX_PACKAGES, classify
+from trackermail.classify import MAX_PACKAGES, classify
 from trackermail.errors import ConfigError
 from trackermail.news import MAX_TITLE, NewsDraft, news_for
 from trackermail.vendor.base import IVendor, NewsSource, load_vendor

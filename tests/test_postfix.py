@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,11 @@ from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.support.net import listen_local, unused_port
 from tests.support.outbound import SinkFactory
-from trackermail.config import config_from_dict
-from trackermail.service import buildService
+from tests.support.tracker import start_tracker
+from trackermail.store.packages import add_package
+from trackermail.store.subscriptions import subscribe
 
 FQDN = "tracker.example.org"
 MTA_HOSTNAME = "mta.test.invalid"
@@ -134,15 +135,6 @@ def _postfix_missing() -> str | None:
 
 def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 class PrivatePostfix:
@@ -300,32 +292,21 @@ class PostfixRecipeTests(TestCase):
 
     async def start_all(self, pipe: bool = False) -> None:
         self.sink = SinkFactory()
-        sink_port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
-        self.addCleanup(sink_port.stopListening)
-
+        sink_port = listen_local(self, self.sink)
+        postfix_port = unused_port()
+        # A short path: Postfix's UNIX sockets live under it.
         base = tempfile.mkdtemp(prefix="trackermail-postfix-")
-        # Postfix's daemons run as mail_owner and must traverse it.
-        os.chmod(base, 0o755)
         self.addCleanup(shutil.rmtree, base, True)
-        postfix_port = _free_port()
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "k" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "rescan_interval": 5},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": ["tcp:0:interface=127.0.0.1"]},
-            "outbound": {"smarthost": f"127.0.0.1:{postfix_port}",
-                         "connections": 2, "retry_initial": 1, "retry_max": 2},
-        })
-        self.postfix = PrivatePostfix(base, sink_port.getHost().port)
-        self.top = buildService(config, reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        lmtp = self.top.getServiceNamed("lmtp:tcp:0:interface=127.0.0.1")
-        port = await lmtp._waitingForPort
-        self.postfix.lmtp_port = port.getHost().port
-        self.store = self.top.getServiceNamed("store").store
-        await self.top.getServiceNamed("store").when_ready()
+        tracker = await start_tracker(
+            self, base=base, spool={"rescan_interval": 5},
+            outbound={"enabled": True, "smarthost": f"127.0.0.1:{postfix_port}",
+                      "connections": 2, "retry_initial": 1, "retry_max": 2})
+        # Postfix's daemons run as mail_owner and must traverse it.
+        os.chmod(tracker.base, 0o755)
+        base, config = tracker.base, tracker.config
+        self.postfix = PrivatePostfix(base, sink_port)
+        self.top, self.store = tracker.top, tracker.store
+        self.postfix.lmtp_port = tracker.ports["lmtp"]
         if pipe:
             self.use_pipe(base, config.spool.path)
 
@@ -353,7 +334,7 @@ class PostfixRecipeTests(TestCase):
     async def test_control_mail_through_postfix(self):
         """Mail to control@ via Postfix reaches the tracker; its replies leave via Postfix."""
         await self.start_all()
-        await self.store.add_package("dpkg")
+        await self.store.run(add_package, "dpkg")
         request = (f"From: Jane <jane@example.net>\r\nTo: control@{FQDN}\r\n"
                    "Subject: subscribe dpkg\r\nMessage-ID: <pf-req1@example.net>\r\n\r\n"
                    "thanks\r\n").encode()
@@ -378,8 +359,8 @@ class PostfixRecipeTests(TestCase):
     async def test_dispatch_copy_through_postfix(self):
         """Package mail to dispatch@ via Postfix reaches subscribers via Postfix."""
         await self.start_all()
-        await self.store.add_package("dpkg")
-        await self.store.subscribe("jane@example.net", "dpkg")
+        await self.store.run(add_package, "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
         bug = (b"From: rep@example.org\r\nSubject: Bug#7: dpkg broken\r\n"
                b"Message-ID: <pf-bug7@bugs.example.org>\r\n"
                b"X-Distro-Tracker-Package: dpkg\r\nX-Distro-Tracker-Keyword: bts\r\n"
@@ -420,8 +401,8 @@ class PostfixRecipeTests(TestCase):
             raise SkipTest(f"no user {PIPE_USER!r} to run the pipe transport as")
         await deferToThread(_pipe_python)
         await self.start_all(pipe=True)
-        await self.store.add_package("dpkg")
-        await self.store.subscribe("jane@example.net", "dpkg")
+        await self.store.run(add_package, "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
         mail = (b"From: dev@example.org\r\nSubject: dpkg 1.22 uploaded\r\n"
                 b"Message-ID: <pf-pipe1@example.org>\r\n\r\nnew version\r\n")
         await deferToThread(smtp_send, self.postfix.port, "dev@example.org",

@@ -5,18 +5,19 @@ out to a loopback SMTP sink. What a user of control@ and dispatch@ sees.
 
 import email
 import email.policy
-import os
 import smtplib
 import time
 
 from twisted.internet import reactor, task
-from twisted.internet.threads import deferToThread
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.outbound import SinkFactory
-from trackermail.config import config_from_dict
-from trackermail.service import buildService
+from tests.support.tracker import start_tracker
+from trackermail.store.bounce_stats import bounce_stats, record_sent
+from trackermail.store.confirmations import create_confirmation, take_confirmation
+from trackermail.store.packages import add_package
+from trackermail.store.subscriptions import subscribe, subscribers_of
 
 FQDN = "tracker.example.org"
 
@@ -42,28 +43,9 @@ class TrackerServiceTests(TestCase):
     timeout = 120
 
     async def start_tracker(self):
-        self.sink = SinkFactory()
-        sink_port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
-        self.addCleanup(sink_port.stopListening)
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "s" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "rescan_interval": 5},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": ["tcp:0:interface=127.0.0.1"]},
-            "outbound": {"smarthost": f"127.0.0.1:{sink_port.getHost().port}",
-                         "connections": 2, "retry_initial": 1},
-        })
-        self.top = buildService(config, reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        lmtp = self.top.getServiceNamed("lmtp:tcp:0:interface=127.0.0.1")
-        port = await lmtp._waitingForPort
-        self.lmtp_port = port.getHost().port
-        self.store = self.top.getServiceNamed("store").store
-        await self.top.getServiceNamed("store").when_ready()
+        tracker = await start_tracker(self, sink=True, spool={"rescan_interval": 5})
+        self.top, self.store, self.sink = tracker.top, tracker.store, tracker.sink
+        self.lmtp_port = tracker.ports["lmtp"]
 
     def mails_to(self, rcpt):
         found = []
@@ -75,7 +57,7 @@ class TrackerServiceTests(TestCase):
     async def test_subscribe_by_mail_and_receive_package_mail(self):
         """A user subscribes by mail, confirms by replying, then gets package mail."""
         await self.start_tracker()
-        await self.store.add_package("dpkg")
+        await self.store.run(add_package, "dpkg")
         request = (b"From: Jane <jane@example.net>\r\nTo: control@tracker.example.org\r\n"
                    b"Subject: subscribe dpkg\r\nMessage-ID: <req1@example.net>\r\n\r\n"
                    b"thanks\r\n")
@@ -87,7 +69,7 @@ class TrackerServiceTests(TestCase):
         confirm = [m for s, m in by_subject.items() if s.startswith("CONFIRM ")]
         self.assertEqual(len(confirm), 1, sorted(by_subject))
         self.assertIn("Re: subscribe dpkg", by_subject)
-        self.assertEqual(await self.store.subscribers_of("dpkg"), [])
+        self.assertEqual(await self.store.run(subscribers_of, "dpkg"), [])
 
         reply = (f"From: jane@example.net\r\nTo: control@{FQDN}\r\n"
                  f"Subject: Re: {confirm[0]['Subject']}\r\n\r\n").encode()
@@ -96,7 +78,7 @@ class TrackerServiceTests(TestCase):
         subscribers = []
 
         async def subscribed():
-            subscribers[:] = await self.store.subscribers_of("dpkg")
+            subscribers[:] = await self.store.run(subscribers_of, "dpkg")
 
         deadline = time.monotonic() + 30
         while not subscribers and time.monotonic() < deadline:
@@ -133,7 +115,6 @@ class MaintenanceServiceTests(SynchronousTestCase):
         from tests.support.pipeline import make_config
         from tests.support.stores import make_memory_store
         from trackermail.service import MaintenanceService, StoreService
-        from trackermail.store import ops
 
         store = make_memory_store(self)
         store_service = StoreService(store)
@@ -141,21 +122,21 @@ class MaintenanceServiceTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(10 * 86400)
         run = lambda program, *a: self.successResultOf(store.run(program, *a))  # noqa: E731
-        run(ops.create_confirmation, "k", "a@example.org", [], 0.0)
-        run(ops.subscribe, "a@example.org", "dpkg")
+        run(create_confirmation, "k", "a@example.org", [], 0.0)
+        run(subscribe, "a@example.org", "dpkg")
         for day in range(1, 8):
-            run(ops.record_sent, ["a@example.org"], f"2026-11-0{day}")
+            run(record_sent, ["a@example.org"], f"2026-11-0{day}")
         maintenance = MaintenanceService(store_service, make_config(), clock)
         maintenance.startService()
         self.addCleanup(maintenance.stopService)
         clock.advance(59)
-        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 7)
+        self.assertEqual(len(run(bounce_stats, "a@example.org")), 7)
         clock.advance(1)
-        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 4)
-        self.assertEqual(run(ops.take_confirmation, "k", clock.seconds(), 86400.0), "unknown")
-        run(ops.record_sent, ["a@example.org"], "2026-11-08")
+        self.assertEqual(len(run(bounce_stats, "a@example.org")), 4)
+        self.assertEqual(run(take_confirmation, "k", clock.seconds(), 86400.0), "unknown")
+        run(record_sent, ["a@example.org"], "2026-11-08")
         clock.advance(3600)
-        self.assertEqual(len(run(ops.bounce_stats, "a@example.org")), 4)
+        self.assertEqual(len(run(bounce_stats, "a@example.org")), 4)
 
 
 class BigMessageTests(TestCase):
@@ -167,7 +148,6 @@ class BigMessageTests(TestCase):
 
         from tests.support.pipeline import make_pipeline
         from trackermail import processing
-        from trackermail.store import ops
 
         processor, store, clock = make_pipeline(self)
         processor.thread_parse_over = 1000
@@ -179,7 +159,7 @@ class BigMessageTests(TestCase):
             return real_parse(raw)
 
         self.patch(processing, "parse_message", spy)
-        await store.run(ops.subscribe, "a@example.org", "dpkg")
+        await store.run(subscribe, "a@example.org", "dpkg")
         raw = (b"Delivered-To: dispatch+dpkg_bts@tracker.example.org\r\n"
                b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n")
         outcome = await processor.process_bytes(raw)

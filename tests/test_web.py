@@ -29,13 +29,15 @@ from tests.support.pipeline import (
     parse,
 )
 from tests.support.stores import make_memory_store
+from tests.support.tracker import start_tracker
 from trackermail import metrics, web
 from trackermail.config import config_from_dict
 from trackermail.errors import StoreUnavailable
 from trackermail.ingress.spool import Spool
 from trackermail.service import buildService
 from trackermail.signing import make_unsubscribe_token
-from trackermail.store import ops
+from trackermail.store.outbox import enqueue
+from trackermail.store.subscriptions import subscribe, subscribers_of, subscriptions_of
 
 NOW = 1_795_000_000
 DAY = 86400
@@ -74,9 +76,9 @@ class WebTestMixin:
         self.secret = self.config.tracker.secret_key
         self.spool_dir = self.mktemp()
         Spool(self.spool_dir, fsync=False)
-        self.db(ops.subscribe, "jane@example.net", "dpkg")
-        self.db(ops.subscribe, "jane@example.net", "apt")
-        self.db(ops.subscribe, "joe@example.net", "dpkg")
+        self.db(subscribe, "jane@example.net", "dpkg")
+        self.db(subscribe, "jane@example.net", "apt")
+        self.db(subscribe, "joe@example.net", "dpkg")
 
     def db(self, program, *args):
         return self.successResultOf(self.store.run(program, *args))
@@ -107,7 +109,7 @@ class WebTestMixin:
         return values[-1] if values else None
 
     def subscribed(self, email="jane@example.net"):
-        return self.db(ops.subscriptions_of, email)
+        return self.db(subscriptions_of, email)
 
 
 class UnsubscribePageTests(WebTestMixin, SynchronousTestCase):
@@ -138,7 +140,7 @@ class UnsubscribePageTests(WebTestMixin, SynchronousTestCase):
         self.assertEqual(req.responseCode, 200)
         self.assertIn("will no longer receive mail", self.body(req))
         self.assertEqual(self.subscribed(), ["apt"])
-        self.assertEqual(self.db(ops.subscribers_of, "dpkg"), ["joe@example.net"])
+        self.assertEqual(self.db(subscribers_of, "dpkg"), ["joe@example.net"])
         self.assertEqual(counter("trackermail_unsubscribed_by_link_total"), before + 1)
 
     def test_plain_form_post_unsubscribes(self):
@@ -308,8 +310,8 @@ class ForwardedCopyLinkTests(SynchronousTestCase):
         """The List-Unsubscribe URL of a forwarded copy, POSTed, ends that subscription."""
         processor, store, fake = make_pipeline(
             self, http={"public_url": "https://tracker.example.org/"})
-        store.run(ops.subscribe, "alice@example.org", "dpkg")
-        store.run(ops.subscribe, "alice@example.org", "apt")
+        store.run(subscribe, "alice@example.org", "dpkg")
+        store.run(subscribe, "alice@example.org", "apt")
         deliver(self, processor, f"dispatch@{FQDN}",
                 b"From: rep@example.net\r\nSubject: Bug#1: dpkg\r\n"
                 b"X-Distro-Tracker-Package: dpkg\r\nX-Distro-Tracker-Keyword: bts\r\n"
@@ -330,7 +332,7 @@ class ForwardedCopyLinkTests(SynchronousTestCase):
         req.args = {b"List-Unsubscribe": [b"One-Click"]}
         req.render(getChildForRequest(root, req))
         self.assertEqual(req.responseCode, 200)
-        self.assertEqual(self.successResultOf(store.run(ops.subscriptions_of,
+        self.assertEqual(self.successResultOf(store.run(subscriptions_of,
                                                         "alice@example.org")), ["apt"])
 
 
@@ -339,7 +341,7 @@ class MetricsEndpointTests(WebTestMixin, SynchronousTestCase):
         """/metrics serves the counters and the spool and outbox gauges as Prometheus text."""
         spool = Spool(self.spool_dir, fsync=False)
         spool.deliver_sync(b"Subject: x\r\n\r\nx\r\n", f"dispatch@{FQDN}", "a@example.net")
-        self.db(ops.enqueue, b"Subject: y\r\n\r\ny\r\n",
+        self.db(enqueue, b"Subject: y\r\n\r\ny\r\n",
                  [("a@example.org", ""), ("b@example.org", "")], NOW - 100)
         self.clock.advance(20)
         req = self.request(b"/metrics")
@@ -452,29 +454,14 @@ class LoopbackTests(TestCase):
     timeout = 60
 
     async def start_tracker(self):
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "s" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "fsync": False},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": []},
-            "outbound": {"enabled": False},
-            "http": {"listen": ["tcp:0:interface=127.0.0.1"],
-                     "public_url": "http://127.0.0.1"},
-        })
-        self.secret = config.tracker.secret_key
-        self.top = buildService(config, reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        http = self.top.getServiceNamed("http:tcp:0:interface=127.0.0.1")
-        port = await http._waitingForPort
-        self.base = f"http://127.0.0.1:{port.getHost().port}".encode()
-        self.store = self.top.getServiceNamed("store").store
-        await self.top.getServiceNamed("store").when_ready()
+        tracker = await start_tracker(
+            self, spool={"fsync": False}, lmtp={"listen": []},
+            http={"listen": ["tcp:0:interface=127.0.0.1"], "public_url": "http://127.0.0.1"})
+        self.top, self.store = tracker.top, tracker.store
+        self.secret = tracker.config.tracker.secret_key
+        self.base = f"http://127.0.0.1:{tracker.ports['http']}".encode()
         self.agent = Agent(reactor)
-        await self.store.subscribe("jane@example.net", "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
 
     async def fetch(self, path, method=b"GET", body=None, content_type=None):
         headers = Headers()
@@ -500,12 +487,12 @@ class LoopbackTests(TestCase):
         response, data = await self.fetch(link, b"HEAD")
         self.assertEqual(response.code, 200)
         self.assertEqual(data, b"")
-        self.assertEqual(await self.store.subscribers_of("dpkg"), ["jane@example.net"])
+        self.assertEqual(await self.store.run(subscribers_of, "dpkg"), ["jane@example.net"])
         response, data = await self.fetch(link, b"POST", b"List-Unsubscribe=One-Click",
                                           b"application/x-www-form-urlencoded")
         self.assertEqual(response.code, 200)
         self.assertIn(b"will no longer receive mail", data)
-        self.assertEqual(await self.store.subscribers_of("dpkg"), [])
+        self.assertEqual(await self.store.run(subscribers_of, "dpkg"), [])
 
     async def test_multipart_one_click_post(self):
         """RFC 8058 also allows multipart/form-data: that unsubscribes too."""
@@ -515,7 +502,7 @@ class LoopbackTests(TestCase):
         response, data = await self.fetch(self.link(), b"POST", body,
                                           b"multipart/form-data; boundary=XyZ")
         self.assertEqual(response.code, 200)
-        self.assertEqual(await self.store.subscribers_of("dpkg"), [])
+        self.assertEqual(await self.store.run(subscribers_of, "dpkg"), [])
 
     async def test_bad_token_over_http(self):
         """Over HTTP a forged link gets a 400 page and nothing changes."""
@@ -525,7 +512,7 @@ class LoopbackTests(TestCase):
                                           urlencode({"List-Unsubscribe": "One-Click"}).encode(),
                                           b"application/x-www-form-urlencoded")
         self.assertEqual(response.code, 400)
-        self.assertEqual(await self.store.subscribers_of("dpkg"), ["jane@example.net"])
+        self.assertEqual(await self.store.run(subscribers_of, "dpkg"), ["jane@example.net"])
 
     async def test_metrics_and_health_over_http(self):
         """Over HTTP /metrics is Prometheus text and /healthz says ok."""

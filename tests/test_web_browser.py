@@ -22,9 +22,9 @@ from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from trackermail.config import config_from_dict
-from trackermail.service import buildService
+from tests.support.tracker import start_tracker
 from trackermail.signing import make_unsubscribe_token
+from trackermail.store.subscriptions import subscribe, subscriptions_of
 
 CHROMIUM = shutil.which("chromium")
 FQDN = "tracker.example.org"
@@ -247,29 +247,14 @@ class BrowserUnsubscribeTests(TestCase):
         skip = "chromium is not installed (Debian package chromium)"
 
     async def start_tracker(self):
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        self.base = base
-        config = config_from_dict({
-            "tracker": {"fqdn": FQDN, "secret_key": "b" * 40},
-            "spool": {"path": os.path.join(base, "spool"), "fsync": False},
-            "database": {"url": f"sqlite:///{base}/tracker.sqlite"},
-            "smtp": {"listen": []},
-            "lmtp": {"listen": []},
-            "outbound": {"enabled": False},
-            "http": {"listen": ["tcp:0:interface=127.0.0.1"]},
-        })
-        top = buildService(config, reactor)
-        top.startService()
-        self.addCleanup(top.stopService)
-        port = await top.getServiceNamed("http:tcp:0:interface=127.0.0.1")._waitingForPort
-        self.store = top.getServiceNamed("store").store
-        await top.getServiceNamed("store").when_ready()
-        await self.store.subscribe("jane@example.net", "dpkg")
-        await self.store.subscribe("jane@example.net", "apt")
-        token = make_unsubscribe_token(config.tracker.secret_key, "dpkg",
+        tracker = await start_tracker(self, spool={"fsync": False}, lmtp={"listen": []},
+                                      http={"listen": ["tcp:0:interface=127.0.0.1"]})
+        self.base, self.store = tracker.base, tracker.store
+        await self.store.run(subscribe, "jane@example.net", "dpkg")
+        await self.store.run(subscribe, "jane@example.net", "apt")
+        token = make_unsubscribe_token(tracker.config.tracker.secret_key, "dpkg",
                                        "jane@example.net", int(time.time()))
-        self.url = f"http://127.0.0.1:{port.getHost().port}/unsubscribe/{token}"
+        self.url = f"http://127.0.0.1:{tracker.ports['http']}/unsubscribe/{token}"
 
     def start_browser(self) -> int:
         """Start Chromium with DevTools on a free port; returns that port."""
@@ -328,7 +313,7 @@ class BrowserUnsubscribeTests(TestCase):
         self.assertIn("<button", dom)
         self.assertIn("jane@example.net", dom)
         self.assertIn("dpkg", dom)
-        self.assertEqual(await self.store.subscriptions_of("jane@example.net"),
+        self.assertEqual(await self.store.run(subscriptions_of, "jane@example.net"),
                          ["apt", "dpkg"])
 
         port = await deferToThread(self.start_browser)
@@ -339,6 +324,6 @@ class BrowserUnsubscribeTests(TestCase):
         self.assertEqual(seen["after_title"], "Unsubscribed")
         self.assertIn("will no longer receive mail", seen["after_text"])
         self.assertEqual(seen["after_url"], self.url)
-        self.assertEqual(await self.store.subscriptions_of("jane@example.net"), ["apt"])
+        self.assertEqual(await self.store.run(subscriptions_of, "jane@example.net"), ["apt"])
         # Let the HTTP connections of the closed browser settle.
         await task.deferLater(reactor, 0.1, lambda: None)

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from trackermail.config import Config, load_config
 from trackermail.errors import TrackerError
+from trackermail.store.schema import current_version
 
 EX_TEMPFAIL = 75
 
@@ -85,7 +86,7 @@ def run_with_store(config: Config, body: Callable, migrate: bool = False) -> int
 async def check_schema(store) -> None:
     from trackermail.store import schema
 
-    version = await store.schema_version()
+    version = await store.run(current_version, store.dialect)
     if version < schema.latest_version():
         raise CommandError(
             f"the database is at schema version {version}, not "
@@ -120,3 +121,15 @@ class Progress:
         if self.active:
             self.update(self.total)
             self.stream.write("\n")
+
+
+def format_age(since: float | None, now: float) -> str:
+    """How long ago C{since} was, for people: C{42s}, C{17m}, C{5h}; C{-} for none."""
+    if since is None:
+        return "-"
+    seconds = max(0, int(now - since))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"

@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.test_dispatch -*-
 """
-Dispatch: classification of package mail, the decoration of forwarded
-copies, and the handlers that plan a fan-out.
+Dispatch: the decoration of forwarded copies, and the handlers that plan a
+fan-out.
 
 The functions up to the handlers are pure. The handlers (L{handle_dispatch},
-L{handle_team}) are store programs run by the processor. A message
-with L{classify}, drops it when L{has_dispatch_loop} or when it is not
+L{handle_team}) are store programs run by the processor. A handler classifies
+a message (L{trackermail.classify}), drops it when L{has_dispatch_loop} or when it is not
 approved, builds each copy's headers with L{forward_headers} and the copy
 itself with L{decorate} (or stores L{header_prefix} next to the original
 bytes once).
@@ -20,28 +20,28 @@ forwarding that adds it; that is the signer's intent.)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.header import Header
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
 from twisted.logger import Logger
 
-from trackermail.vendor.base import (
-    SkipMessage,
-    has_header,
-    header_value,
-    header_values,
-)
+from trackermail.bounces import verp
+from trackermail.classify import classify
+from trackermail.handling import Outcome
+from trackermail.message import header_values
+from trackermail.news import news_for
+from trackermail.signing import make_unsubscribe_token
+from trackermail.store.bounce_stats import record_sent_ids
+from trackermail.store.news import add_news
+from trackermail.store.outbox import enqueue
+from trackermail.store.packages import package_id
+from trackermail.store.subscriptions import fanout_recipients
+from trackermail.store.teams import get_team, team_member_ids
+from trackermail.vendor.base import SkipMessage
 
 __all__ = [
-    "Classification",
-    "SkipMessage",
-    "MAX_PACKAGES",
-    "LEGACY_KEYWORDS",
-    "classify",
-    "normalise_package",
-    "normalise_keyword",
     "has_dispatch_loop",
     "forward_headers",
     "header_prefix",
@@ -50,172 +50,11 @@ __all__ = [
 
 log = Logger()
 
-#: The most packages one message is forwarded for. Real bug tracker mail
-#: names a handful (a bug filed against several packages); a header listing
-#: thousands is broken or hostile, and forwarding it to every package would
-#: multiply one message into a flood. The first MAX_PACKAGES distinct valid
-#: names are kept, the rest dropped (and logged).
-MAX_PACKAGES = 50
-
-#: Old PTS keyword names and the keywords that replaced them.
-LEGACY_KEYWORDS = {
-    "katie-other": "archive",
-    "buildd": "build",
-    "ddtp": "translation",
-    "cvs": "vcs",
-}
-
-# Debian's rule for package names (Policy 5.6.1), lowercase letters, digits,
-# "+", "-", "."; a length bound keeps hostile values out of headers.
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.\-]{0,99}\Z")
-_KEYWORD = re.compile(r"[a-z0-9][a-z0-9\-]{0,49}\Z")
 # RFC 5322 field names: printable ASCII except ":".
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 # RFC 5322 2.1.1: a line MUST NOT exceed 998 characters.
 _MAX_LINE = 998
-
-
-@dataclass(frozen=True)
-class Classification:
-    """
-    What a message is about.
-
-    @ivar packages: the packages to forward it for, possibly none (the mail
-        is then dropped, or for team mail: it is not automatic mail).
-    @ivar keyword: its keyword; C{default} when nothing said otherwise.
-    @ivar approved: whether it may be forwarded: always for keywords other
-        than C{default}, for C{default} mail only when approved.
-    """
-
-    packages: tuple[str, ...]
-    keyword: str
-    approved: bool
-
-
-def normalise_package(name) -> str | None:
-    """
-    The canonical form of a package name, or L{None} when it is not one.
-    """
-    if not isinstance(name, str):
-        return None
-    name = name.strip().lower()
-    if _PACKAGE.match(name):
-        return name
-    return None
-
-
-def normalise_keyword(keyword) -> str | None:
-    """
-    The canonical form of a keyword (old PTS names mapped to new ones), or
-    L{None} when it is not a keyword name.
-    """
-    if not isinstance(keyword, str):
-        return None
-    keyword = keyword.strip().lower()
-    if not _KEYWORD.match(keyword):
-        return None
-    return LEGACY_KEYWORDS.get(keyword, keyword)
-
-
-def _message_id(msg) -> str:
-    return header_value(msg, "Message-ID", "<no message-id>")[:200]
-
-
-def _clean_packages(msg, names: Iterable) -> tuple[str, ...]:
-    kept: list[str] = []
-    seen = set()
-    dropped = 0
-    capped = False
-    for name in names:
-        package = normalise_package(name)
-        if package is None:
-            dropped += 1
-            continue
-        if package in seen:
-            continue
-        if len(kept) >= MAX_PACKAGES:
-            capped = True
-            break
-        seen.add(package)
-        kept.append(package)
-    if dropped:
-        log.info(
-            "dispatch: ignored {count} invalid package names in {msgid}",
-            count=dropped,
-            msgid=_message_id(msg),
-        )
-    if capped:
-        log.warn(
-            "dispatch: {msgid} names more than {limit} packages;"
-            " forwarding for the first {limit} only",
-            msgid=_message_id(msg),
-            limit=MAX_PACKAGES,
-        )
-    return tuple(kept)
-
-
-def _vendor_classify(msg, vendor, package, keyword):
-    try:
-        packages, keyword = vendor.classify(msg, package, keyword)
-    except SkipMessage:
-        raise
-    except Exception:
-        # A vendor rule tripping over odd input must not lose the mail: it
-        # is classified as if the vendor had no rule for it.
-        log.failure(
-            "dispatch: vendor {vendor} failed on {msgid}",
-            vendor=getattr(vendor, "name", vendor),
-            msgid=_message_id(msg),
-        )
-        return ((package,) if package else ()), keyword
-    if isinstance(packages, str):
-        packages = (packages,)
-    elif packages is None:
-        packages = ()
-    return packages, keyword
-
-
-def _approve_default(msg, vendor) -> bool:
-    if has_header(msg, "X-Distro-Tracker-Approved"):
-        return True
-    try:
-        return bool(vendor.approve_default(msg))
-    except Exception:
-        log.failure(
-            "dispatch: vendor {vendor} approve_default failed on {msgid}",
-            vendor=getattr(vendor, "name", vendor),
-            msgid=_message_id(msg),
-        )
-        return False
-
-
-def classify(msg, vendor, address_package=None, address_keyword=None) -> Classification:
-    """
-    Find which packages a message is about, under which keyword, and whether
-    it may be forwarded.
-
-    The address (C{dispatch+PKG_KEYWORD@}) decides first; what it leaves
-    open comes from the C{X-Distro-Tracker-Package} and
-    C{X-Distro-Tracker-Keyword} headers, then the vendor's rules; a message
-    without a keyword is C{default}. Invalid names (from any source) count
-    as absent; old PTS keyword names are mapped to their new names.
-
-    @param vendor: an L{IVendor}.
-    @raise SkipMessage: the vendor says the message must be dropped.
-    """
-    package = normalise_package(address_package)
-    keyword = normalise_keyword(address_keyword)
-    if package is None:
-        package = normalise_package(header_value(msg, "X-Distro-Tracker-Package"))
-    if keyword is None:
-        keyword = normalise_keyword(header_value(msg, "X-Distro-Tracker-Keyword"))
-
-    packages, keyword = _vendor_classify(msg, vendor, package, keyword)
-    packages = _clean_packages(msg, packages)
-    keyword = normalise_keyword(keyword) or "default"
-    approved = keyword != "default" or _approve_default(msg, vendor)
-    return Classification(packages=packages, keyword=keyword, approved=approved)
 
 
 def has_dispatch_loop(msg, fqdn: str) -> bool:
@@ -370,11 +209,7 @@ def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
 
 def _verp_signer(ctx):
     """encode(email, email_id) -> the VERP envelope sender of today's copy."""
-    import datetime as _dt
-
-    from trackermail.bounces import verp
-
-    day = _dt.datetime.fromtimestamp(ctx.now, _dt.timezone.utc).date()
+    day = datetime.fromtimestamp(ctx.now, timezone.utc).date()
     secret, fqdn = ctx.config.tracker.secret_key, ctx.fqdn
     return lambda email, email_id: verp.encode(email, day, secret, fqdn, email_id)
 
@@ -383,8 +218,6 @@ def _unsubscribe_url(ctx, package: str, email: str) -> str | None:
     public = ctx.config.http.public_url
     if not public or not package:
         return None
-    from trackermail.signing import make_unsubscribe_token
-
     token = make_unsubscribe_token(ctx.config.tracker.secret_key, package, email, int(ctx.now))
     return f"{public.rstrip('/')}/unsubscribe/{token}"
 
@@ -445,9 +278,6 @@ def handle_dispatch(incoming, ctx):
     Store program for mail to C{dispatch[+PKG[_KW]]@} (and unqualified
     C{PKG[_KW]@}): classify, record news, fan out.
     """
-    from trackermail.news import news_for
-    from trackermail.processing import Outcome
-    from trackermail.store import ops
 
     msg = incoming.msg
     if has_dispatch_loop(msg, ctx.fqdn):
@@ -467,9 +297,9 @@ def handle_dispatch(incoming, ctx):
     news_count = 0
     for draft in news_for(msg, incoming.raw, found, ctx.vendor):
         if not draft.create_package:
-            if (yield from ops.package_id(draft.package)) is None:
+            if (yield from package_id(draft.package)) is None:
                 continue
-        yield from ops.add_news(draft.package, draft.title, draft.content,
+        yield from add_news(draft.package, draft.title, draft.content,
                                 draft.content_type, draft.created_by, ctx.now,
                                 create_package=draft.create_package)
         news_count += 1
@@ -478,13 +308,13 @@ def handle_dispatch(incoming, ctx):
     seen: set[int] = set()
     deliveries = []
     for package in found.packages:
-        recipients = yield from ops.fanout_recipients(package, found.keyword)
+        recipients = yield from fanout_recipients(package, found.keyword)
         recipients = [r for r in recipients if r[1] not in seen]
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
     if deliveries:
-        yield from ops.enqueue(raw, deliveries, ctx.now)
-        yield from ops.record_sent_ids(sorted(seen), ctx.today)
+        yield from enqueue(raw, deliveries, ctx.now)
+        yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
         f"to {len(deliveries)} recipients" if deliveries else "nobody wants it",
@@ -499,14 +329,12 @@ def handle_team(incoming, ctx):
     its unmuted members (keyword C{contact}); automatic mail about a package
     is dropped (it reaches team members through dispatch).
     """
-    from trackermail.processing import Outcome
-    from trackermail.store import ops
 
     msg = incoming.msg
     slug = getattr(incoming.route, "team", None) or ""
     if has_dispatch_loop(msg, ctx.fqdn):
         return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
-    team = yield from ops.get_team(slug)
+    team = yield from get_team(slug)
     if team is None:
         return Outcome("dropped", f"there is no team {slug!r}")
     try:
@@ -516,13 +344,13 @@ def handle_team(incoming, ctx):
     if found.packages:
         return Outcome("dropped", "automatic mail about a package",
                        {"packages": list(found.packages)})
-    rows = yield from ops.team_member_ids(slug)
+    rows = yield from team_member_ids(slug)
     raw = _body_without_envelope_line(incoming.raw)
     deliveries = plan_deliveries(ctx, raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
-        yield from ops.enqueue(raw, deliveries, ctx.now)
-        yield from ops.record_sent_ids([i for _, i in rows], ctx.today)
+        yield from enqueue(raw, deliveries, ctx.now)
+        yield from record_sent_ids([i for _, i in rows], ctx.today)
     return Outcome("forwarded" if deliveries else "dropped",
                    f"to {len(deliveries)} members of {slug}",
                    {"team": slug, "recipients": len(deliveries)})

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_processing -*-
 """
 The exception hierarchy of trackermail.
 

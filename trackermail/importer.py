@@ -1,20 +1,27 @@
 # -*- test-case-name: tests.test_importer -*-
 """
-Moving a distro-tracker site: its subscribers, imported without asking
-anyone to subscribe again.
+Moving a distro-tracker site: its subscribers, teams and settings,
+imported without asking anyone to subscribe again.
 
-distro-tracker's C{tracker_dump_subscribers} prints one of three formats,
-recognised here by their shape:
+C{trackermail import-distro-tracker FILE} reads, recognised by their shape
+(the file may be plain, gzip, xz or bzip2):
 
-  - C{--json}: one JSON object, package -> list of emails;
-  - the default: one line per package, C{pkg => [ a@x b@y ]};
-  - C{--udd-format}: one line per package, C{pkg<TAB>a@x, b@y}.
+  - distro-tracker's own export, C{manage.py dumpdata --natural-foreign
+    --natural-primary} (a JSON list): keywords, packages, addresses with
+    their default keywords, subscriptions (active or not) with their
+    keywords, teams, memberships and their per-package settings, bounce
+    statistics; read by L{trackermail.distro_tracker}, imported by
+    L{import_export};
+  - the output of its C{tracker_dump_subscribers} (package -> active
+    subscribers only): C{--json} (one JSON object), the default
+    C{pkg => [ a@x b@y ]} lines, or C{--udd-format} C{pkg<TAB>a@x, b@y}
+    lines; imported by L{import_dump}.
 
-L{parse_dump} reads a file (plain, gzip, xz or bzip2) into a mapping;
-L{import_dump} subscribes every address (active, no confirmation) in
-transactions of L{BATCH_PACKAGES} packages. Running it twice creates nothing
-new. Lines that cannot be read, bad package names and bad addresses are
-skipped, counted and reported, never fatal.
+Both imports run in transactions of bounded size, with a handful of
+statements each (the store programs are in L{trackermail.store.importing}),
+and are idempotent: a second run writes nothing and says so. What cannot
+be imported (unreadable lines, bad names and addresses, broken references)
+is skipped, counted by reason and reported, never fatal.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -30,15 +38,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from trackermail.cli_support import CommandError, Progress, run_with_store
+from trackermail.distro_tracker import Export, looks_like_export, read_export
 from trackermail.errors import InvalidValue, TrackerError
-from trackermail.store.sql import Exec, Many, Rows
+from trackermail.store import importing
 from trackermail.validation import check_package_name, normalize_email
 
 log = Logger()
 
 BATCH_PACKAGES = 1000
-# Rows per "IN (...)" lookup: far below SQLite's and PostgreSQL's limits.
-_IN_CHUNK = 500
 # Warnings printed one by one by the CLI before they are only counted.
 MAX_WARNINGS_SHOWN = 20
 
@@ -57,9 +64,10 @@ class Dump:
     """
     What a dump file holds.
 
-    @ivar format: C{"json"}, C{"plain"} or C{"udd"}.
+    @ivar format: C{"export"} (distro-tracker's dumpdata), C{"json"},
+        C{"plain"} or C{"udd"}.
     @ivar subscriptions: package -> emails, in the file's order, each
-        package once (repeated lines are merged).
+        package once (repeated lines are merged); empty for an export.
     @ivar problems: C{(line number, reason)} of every line skipped; line 0
         for problems of the JSON format, which has no useful line numbers.
     """
@@ -67,6 +75,7 @@ class Dump:
     format: str
     subscriptions: dict[str, list[str]] = field(default_factory=dict)
     problems: list[tuple[int, str]] = field(default_factory=list)
+    export: Export | None = None
 
 
 class ImportResult(NamedTuple):
@@ -97,13 +106,16 @@ def _read_text(path: str) -> str:
 
 def detect_format(text: str) -> str | None:
     """
-    C{"json"}, C{"plain"} or C{"udd"} from the first non-blank line, or
-    None when it looks like none of them (an empty dump is plain).
+    C{"export"}, C{"json"}, C{"plain"} or C{"udd"} from the first
+    non-blank line, or None when it looks like none of them (an empty dump
+    is plain).
     """
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if stripped.startswith("["):
+            return "export"
         if stripped.startswith("{"):
             return "json"
         if "=>" in stripped:
@@ -119,11 +131,25 @@ def _add(result: dict[str, list[str]], package: str, emails: Iterable[str]) -> N
     target.extend(emails)
 
 
-def _parse_json(text: str, dump: Dump) -> None:
+def _load_json(text: str):
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as e:
         raise DumpError(f"not valid JSON: {e}")
+    except RecursionError:
+        raise DumpError("not valid JSON: nested too deeply")
+
+
+def _parse_export(text: str, dump: Dump) -> None:
+    data = _load_json(text)
+    if not looks_like_export(data):
+        raise DumpError("a JSON list, but not distro-tracker's dumpdata export "
+                        "(objects with \"model\", \"pk\" and \"fields\")")
+    dump.export = read_export(data)
+
+
+def _parse_json(text: str, dump: Dump) -> None:
+    data = _load_json(text)
     if not isinstance(data, dict):
         raise DumpError("the JSON dump is not an object of package -> emails")
     for package, emails in data.items():
@@ -159,7 +185,7 @@ def _parse_lines(text: str, dump: Dump) -> None:
 
 def read_dump(path: str) -> Dump:
     """
-    Read a dump file of any of the three formats.
+    Read a dump file of any of the four formats.
 
     @raise DumpError: the file cannot be read, is broken JSON, or is in no
         known format.
@@ -168,12 +194,15 @@ def read_dump(path: str) -> Dump:
     fmt = detect_format(text)
     if fmt is None:
         raise DumpError(
-            f"{path}: not a distro-tracker subscriber dump (expected JSON, "
-            "'PACKAGE => [ EMAIL ... ]' lines or 'PACKAGE<TAB>EMAIL, ...' lines)"
+            f"{path}: not a distro-tracker dump (expected its dumpdata JSON export, "
+            "tracker_dump_subscribers JSON, 'PACKAGE => [ EMAIL ... ]' lines or "
+            "'PACKAGE<TAB>EMAIL, ...' lines)"
         )
     dump = Dump(fmt)
     try:
-        if fmt == "json":
+        if fmt == "export":
+            _parse_export(text, dump)
+        elif fmt == "json":
             _parse_json(text, dump)
         else:
             _parse_lines(text, dump)
@@ -232,81 +261,16 @@ def _clean(mapping: Mapping[str, Sequence[str]], warn) -> tuple[dict, int]:
     return {p: e for p, e in clean.items() if e}, invalid
 
 
-def _chunks(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield items[start: start + size]
-
-
-def _ids(table: str, column: str, keys: Sequence[str]):
-    found: dict[str, int] = {}
-    for chunk in _chunks(keys, _IN_CHUNK):
-        rows = yield Rows(
-            f"SELECT {column}, id FROM {table} WHERE {column} IN "
-            f"({','.join('?' * len(chunk))})",
-            list(chunk),
-        )
-        found.update({key: ident for key, ident in rows})
-    return found
-
-
-def import_batch(batch: Mapping[str, Mapping[str, str]], now: float):
-    """
-    Store program: subscribe every C{email_lower -> email} of each package
-    of C{batch} (already validated), as active subscriptions. Fires with
-    C{(created, already_present)}. A handful of statements per batch.
-    """
-    packages = sorted(batch)
-    emails: dict[str, str] = {}
-    for per_package in batch.values():
-        for lower, address in per_package.items():
-            emails.setdefault(lower, address)
-    lowers = sorted(emails)
-    yield Many(
-        "INSERT INTO packages (name, kind) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-        [(name, "other") for name in packages],
-    )
-    yield Many(
-        "INSERT INTO emails (email, email_lower) VALUES (?, ?) "
-        "ON CONFLICT (email_lower) DO NOTHING",
-        [(emails[lower], lower) for lower in lowers],
-    )
-    package_ids = yield from _ids("packages", "name", packages)
-    email_ids = yield from _ids("emails", "email_lower", lowers)
-    existing: dict[tuple[int, int], tuple[int, bool]] = {}
-    for chunk in _chunks(sorted(package_ids.values()), _IN_CHUNK):
-        rows = yield Rows(
-            "SELECT email_id, package_id, id, active FROM subscriptions "
-            f"WHERE package_id IN ({','.join('?' * len(chunk))})",
-            list(chunk),
-        )
-        for eid, pid, sid, active in rows:
-            existing[(eid, pid)] = (sid, bool(active))
-    new_rows = []
-    reactivate = []
-    already = 0
-    for package in packages:
-        pid = package_ids[package]
-        for lower in sorted(batch[package]):
-            eid = email_ids[lower]
-            found = existing.get((eid, pid))
-            if found is None:
-                new_rows.append((eid, pid, True, now))
-            elif found[1]:
-                already += 1
-            else:
-                reactivate.append(found[0])
-    yield Many(
-        "INSERT INTO subscriptions (email_id, package_id, active, created) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
-        new_rows,
-    )
-    for chunk in _chunks(sorted(reactivate), _IN_CHUNK):
-        yield Exec(
-            "UPDATE subscriptions SET active = ? "
-            f"WHERE id IN ({','.join('?' * len(chunk))})",
-            [True, *chunk],
-        )
-    return len(new_rows) + len(reactivate), already
+def _batches(items: Sequence, weight: Callable, limit: int):
+    batch, size = [], 0
+    for item in items:
+        if batch and size + weight(item) > limit:
+            yield batch, size
+            batch, size = [], 0
+        batch.append(item)
+        size += weight(item)
+    if batch:
+        yield batch, size
 
 
 def import_dump(store, mapping: Mapping[str, Sequence[str]],
@@ -344,8 +308,8 @@ def import_dump(store, mapping: Mapping[str, Sequence[str]],
         # so that a bar sized to the dump ends at its end.
         position = {name: i + 1 for i, name in enumerate(mapping)}
         created = already = 0
-        for chunk in _chunks(names, max(1, batch_size)):
-            made, present = await store.run(import_batch,
+        for chunk, _ in _batches(names, lambda _: 1, max(1, batch_size)):
+            made, present = await store.run(importing.import_batch,
                                             {name: clean[name] for name in chunk}, when)
             created += made
             already += present
@@ -362,20 +326,204 @@ def import_dump(store, mapping: Mapping[str, Sequence[str]],
 
 
 # ---------------------------------------------------------------------------
+# distro-tracker's export
+
+#: Rows per transaction: an address with its subscriptions, a team with its
+#: packages and memberships, a day of bounce statistics count one each.
+BATCH_ROWS = 5000
+
+#: What the export import counts, in the order of its summary.
+CATEGORIES = {
+    "keywords": "keywords",
+    "packages": "packages",
+    "binary_packages": "binary package links",
+    "addresses": "addresses",
+    "subscriptions": "subscriptions",
+    "teams": "teams",
+    "team_packages": "team packages",
+    "memberships": "team memberships",
+    "membership_packages": "per-package membership settings",
+    "bounce_stats": "bounce statistics (address-days)",
+}
+
+
+@dataclass
+class Tally:
+    """How many rows of one kind the export holds, and what became of them."""
+
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+
+    @property
+    def unchanged(self) -> int:
+        return self.total - self.created - self.updated
+
+    def add(self, counts: tuple[int, int]) -> None:
+        self.created += counts[0]
+        self.updated += counts[1]
+
+
+@dataclass
+class ExportResult:
+    """
+    @ivar tallies: category (see L{CATEGORIES}) -> L{Tally}.
+    @ivar inactive: subscriptions of the export that are inactive.
+    @ivar problems: C{(model, reason)} -> count (see L{Export.problems}).
+    @ivar ignored: model -> rows of models the import does not read.
+    """
+
+    tallies: dict[str, Tally]
+    inactive: int
+    problems: Counter
+    ignored: Counter
+
+    @property
+    def changed(self) -> bool:
+        return any(t.created or t.updated for t in self.tallies.values())
+
+    def summary(self) -> list[str]:
+        """The lines a user reads: one per category, then one per reason."""
+        lines = []
+        for key, label in CATEGORIES.items():
+            t = self.tallies[key]
+            extra = f" ({self.inactive} of them inactive)" if key == "subscriptions" \
+                and self.inactive else ""
+            lines.append(f"  {label + ':':<34}{t.total:>8} in the export: {t.created} created, "
+                         f"{t.updated} changed, {t.unchanged} unchanged{extra}")
+        if self.problems:
+            lines.append("skipped or adjusted, by reason:")
+            for (model, reason), count in sorted(self.problems.items()):
+                lines.append(f"  {count:>8}  {model}: {reason}")
+        else:
+            lines.append("nothing skipped")
+        if self.ignored:
+            models = ", ".join(f"{m} ({n})" for m, n in sorted(self.ignored.items()))
+            lines.append(f"rows of models the import does not read: {models}")
+        if self.changed:
+            created = sum(t.created for t in self.tallies.values())
+            updated = sum(t.updated for t in self.tallies.values())
+            lines.append(f"{created} rows created, {updated} changed")
+        else:
+            lines.append("nothing changed: the store already holds all of it")
+        return lines
+
+
+def _ids(names: Iterable[str], ids: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(sorted(ids[name] for name in names))
+
+
+def _address_row(lower: str, address, keywords, packages, flagged) -> tuple:
+    # An address whose defaults are the keywords marked default follows
+    # them, like one that never chose its own.
+    own = address.defaults != flagged
+    return (address.email, lower, own, _ids(address.defaults if own else (), keywords),
+            tuple((packages[p], s.active, s.keywords is not None, _ids(s.keywords or (), keywords))
+                  for p, s in sorted(address.subscriptions.items())))
+
+
+def _team_row(team, keywords, packages) -> tuple:
+    def setting(muted, names):
+        return bool(muted), names is not None, _ids(names or (), keywords)
+
+    members = tuple(
+        (lower, *setting(m.muted, m.keywords),
+         tuple((packages[p], *setting(ps.muted, ps.keywords))
+               for p, ps in sorted(m.packages.items())))
+        for lower, m in sorted(team.members.items()))
+    return (team.slug, team.name, team.public, team.owner,
+            tuple(sorted({packages[p] for p in team.packages})), members)
+
+
+def import_export(store, export: Export, progress: Callable[[int], None] | None = None,
+                  batch_rows: int = BATCH_ROWS, now: float | None = None) -> Deferred:
+    """
+    Bring the store to what a distro-tracker export (read by
+    L{trackermail.distro_tracker.read_export}) holds: keywords (with the
+    export's default flags and descriptions), packages, addresses with
+    their default keywords, subscriptions, teams, memberships, bounce
+    statistics. Rows of the store the export does not name are kept; rows
+    it names take its values. One transaction per C{batch_rows} rows;
+    C{progress(n)} is called after each, up to C{export.size()}.
+
+    @return: a Deferred firing with an L{ExportResult}.
+    """
+
+    async def run() -> ExportResult:
+        when = time.time() if now is None else now
+        tallies = {key: Tally() for key in CATEGORIES}
+        done = 0
+
+        def advance(size: int) -> None:
+            nonlocal done
+            done += size
+            if progress is not None:
+                progress(done)
+
+        keywords, flagged, *counts = await store.run(
+            importing.import_keywords,
+            [(name, d, desc) for name, (d, desc) in sorted(export.keywords.items())])
+        tallies["keywords"].add(counts)
+        packages, *counts = await store.run(
+            importing.import_packages, sorted(export.packages.items()),
+            sorted(export.binaries))
+        tallies["packages"].add(counts[:2])
+        tallies["binary_packages"].add((counts[2], 0))
+        advance(len(export.keywords) + len(export.packages))
+
+        rows = [_address_row(lower, a, keywords, packages, flagged)
+                for lower, a in sorted(export.addresses.items())]
+        for batch, size in _batches(rows, lambda r: 1 + len(r[4]), batch_rows):
+            counts = await store.run(importing.import_addresses, batch, when)
+            tallies["addresses"].add(counts["addresses"])
+            tallies["subscriptions"].add(counts["subscriptions"])
+            advance(size)
+
+        rows = [_team_row(t, keywords, packages) for _, t in sorted(export.teams.items())]
+        for batch, size in _batches(rows, lambda r: 1 + len(r[4]) + len(r[5]), batch_rows):
+            counts = await store.run(importing.import_teams, batch)
+            for key, value in counts.items():
+                tallies[key].add(value)
+            advance(size)
+
+        rows = [(lower, day, sent, bounced)
+                for (lower, day), (sent, bounced) in sorted(export.bounces.items())]
+        for batch, size in _batches(rows, lambda r: 1, batch_rows):
+            tallies["bounce_stats"].add(await store.run(importing.import_bounce_stats, batch))
+            advance(size)
+
+        for key, total in export.totals().items():
+            tallies[key].total = total
+        result = ExportResult(tallies, sum(not s.active for a in export.addresses.values()
+                                           for s in a.subscriptions.values()),
+                              export.problems, export.ignored)
+        log.info("import: distro-tracker export, {created} rows created, {updated} changed, "
+                 "{skipped} problems", created=sum(t.created for t in tallies.values()),
+                 updated=sum(t.updated for t in tallies.values()),
+                 skipped=sum(export.problems.values()))
+        return result
+
+    return Deferred.fromCoroutine(run())
+
+
+# ---------------------------------------------------------------------------
 # The admin command
 
 
 def configure_parser(parser) -> None:
     """Arguments of C{trackermail import-distro-tracker}."""
-    parser.add_argument("file", help="the output of tracker_dump_subscribers "
-                        "(--json, default or --udd-format; may be compressed)")
+    parser.add_argument("file", help="distro-tracker's export (manage.py dumpdata "
+                        "--natural-foreign --natural-primary), or the output of "
+                        "tracker_dump_subscribers (--json, default or --udd-format); "
+                        "may be compressed")
 
 
 def cmd_import_distro_tracker(args, config):
     """
-    C{trackermail import-distro-tracker FILE}: import a distro-tracker
-    subscriber dump. Exit 0 once imported (skipped entries are reported on
-    stderr and counted in the summary), 1 when the file cannot be read.
+    C{trackermail import-distro-tracker FILE}: import distro-tracker's
+    export or a subscriber dump. Exit 0 once imported (skipped entries are
+    reported on stderr and counted in the summary), 1 when the file cannot
+    be read.
     """
     started = time.monotonic()
     shown = [0]
@@ -386,6 +534,8 @@ def cmd_import_distro_tracker(args, config):
             sys.stderr.write(f"trackermail: warning: {' '.join(message.split())}\n")
 
     dump = read_dump(args.file)
+    if dump.export is not None:
+        return _import_export_command(args, config, dump.export, warn, shown, started)
     for number, reason in dump.problems:
         warn(f"{args.file}:{number}: {reason}" if number else f"{args.file}: {reason}")
     bad_lines = len(dump.problems)
@@ -407,6 +557,37 @@ def cmd_import_distro_tracker(args, config):
               f"{result.invalid + bad_lines} skipped "
               f"({result.invalid} invalid entries, {bad_lines} unreadable lines) "
               f"in {elapsed:.1f}s")
+        return 0
+
+    return run_with_store(config, body)
+
+
+def register(add) -> None:
+    """Add C{import-distro-tracker} through C{add(name, func, help)}."""
+    p = add("import-distro-tracker", cmd_import_distro_tracker,
+            "import distro-tracker's export (dumpdata) or a subscriber dump")
+    configure_parser(p)
+
+
+def _import_export_command(args, config, export: Export, warn, shown, started) -> int:
+    if not (export.keywords or export.packages or export.addresses or export.teams):
+        raise CommandError(f"{args.file}: nothing to import (no keywords, packages, "
+                           "addresses or teams)")
+    for message in export.messages:
+        warn(message)
+    shown[0] += sum(export.problems.values()) - len(export.messages)
+
+    async def body(store):
+        bar = Progress(sys.stderr, export.size())
+        result = await import_export(store, export, progress=bar.update)
+        bar.done()
+        if shown[0] > MAX_WARNINGS_SHOWN:
+            sys.stderr.write(f"trackermail: warning: {shown[0] - MAX_WARNINGS_SHOWN} "
+                             "more warnings not shown\n")
+        elapsed = time.monotonic() - started
+        print(f"imported {args.file} (distro-tracker export) in {elapsed:.1f}s:")
+        for line in result.summary():
+            print(line)
         return 0
 
     return run_with_store(config, body)

@@ -16,14 +16,9 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from trackermail.dispatch import MAX_PACKAGES, Classification, normalise_package
-from trackermail.vendor.base import (
-    IVendor,
-    parse_address,
-    header_value,
-    load_vendor,
-    sender_name,
-)
+from trackermail.classify import MAX_PACKAGES, Classification, normalise_package
+from trackermail.message import header, parse_address, sender_name
+from trackermail.vendor.base import IVendor, load_vendor
 
 log = Logger()
 
@@ -74,7 +69,7 @@ def news_title(msg, created_by: str) -> str:
     The title of a news item made from C{msg}: its decoded Subject, else
     C{Email news from SENDER}.
     """
-    subject = _one_line(header_value(msg, "Subject"), MAX_TITLE)
+    subject = _one_line(header(msg, "Subject"), MAX_TITLE)
     if subject:
         return subject
     return _one_line(f"Email news from {created_by}", MAX_TITLE)
@@ -95,7 +90,7 @@ def news_for(msg, raw: bytes, classification: Classification, vendor_name) -> li
         log.failure(
             "news: vendor {vendor} failed on {msgid}",
             vendor=getattr(vendor, "name", vendor),
-            msgid=header_value(msg, "Message-ID", "<no message-id>")[:200],
+            msgid=header(msg, "Message-ID", "<no message-id>")[:200],
         )
         return []
     sender = _one_line(sender_name(msg), MAX_CREATED_BY) or "unknown"
@@ -110,7 +105,7 @@ def news_for(msg, raw: bytes, classification: Classification, vendor_name) -> li
             log.warn(
                 "news: {msgid} is news for more than {limit} packages;"
                 " keeping the first {limit}",
-                msgid=header_value(msg, "Message-ID", "<no message-id>")[:200],
+                msgid=header(msg, "Message-ID", "<no message-id>")[:200],
                 limit=MAX_PACKAGES,
             )
             break

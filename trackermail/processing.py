@@ -14,14 +14,9 @@ recognised and not processed twice.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.message import EmailMessage
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -30,78 +25,19 @@ from twisted.logger import Logger
 from trackermail import metrics, routing
 from trackermail.config import Config
 from trackermail.errors import PermanentFailure, TemporaryFailure, TrackerError
-from trackermail.mail import header
-from trackermail.store import ops
+from trackermail.handling import Context, Incoming, Outcome
+from trackermail.message import header, parse_message
+from trackermail.store.ledger import mark_processed
 
 log = Logger()
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """
-    A received message as handlers see it.
-    """
-
-    raw: bytes
-    msg: EmailMessage
-    route: Any  # routing.Route
-    envelope_from: str | None  # "" for the null sender, None when unknown
-    digest: str
-    msgid: str
-
-
-@dataclass(frozen=True)
-class Context:
-    """
-    What a handler may know besides the message: configuration, the vendor
-    rules, and the time (handlers never read the clock themselves).
-    """
-
-    config: Config
-    vendor: Any
-    now: float
-
-    @property
-    def fqdn(self) -> str:
-        return self.config.tracker.fqdn
-
-    @property
-    def today(self) -> str:
-        return datetime.fromtimestamp(self.now, timezone.utc).strftime("%Y-%m-%d")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """
-    What a handler did, for the log: C{action} is a short verb
-    (C{forwarded}, C{dropped}, C{replied}, ...).
-    """
-
-    action: str
-    detail: str = ""
-    fields: dict = field(default_factory=dict)
+class HandlerCrashed(PermanentFailure):
+    """A handler raised something nobody expected (a bug): logged, parked in failed/."""
 
 
 class UnknownService(PermanentFailure):
     """The delivery address routes to a service nobody implements."""
-
-
-class UnparsableMessage(PermanentFailure):
-    """The bytes are not a mail message at all."""
-
-
-def parse_message(raw: bytes) -> EmailMessage:
-    """
-    Parse bytes into an EmailMessage. Broken MIME and undecodable headers do
-    not raise here (the email package records defects); only input that is
-    not a message at all does.
-    """
-    if not raw.strip():
-        raise UnparsableMessage("empty message")
-    try:
-        return email.message_from_bytes(raw, policy=email.policy.default)
-    except Exception as e:  # pragma: no cover - the parser is very forgiving
-        raise UnparsableMessage(f"cannot parse message: {e}")
 
 
 def envelope_sender(msg) -> str | None:
@@ -195,7 +131,7 @@ class Processor:
         handler = self.handlers[incoming.route.service]
 
         def transaction():
-            fresh = yield from ops.mark_processed(incoming.digest, ctx.now,
+            fresh = yield from mark_processed(incoming.digest, ctx.now,
                                                   incoming.route.service)
             if not fresh:
                 return Outcome("duplicate", "already processed")
@@ -203,13 +139,19 @@ class Processor:
 
         try:
             outcome = await self.store.run(transaction)
-        except TrackerError:
+        except (TemporaryFailure, PermanentFailure):
             raise
+        except TrackerError as e:
+            # A handler's error that nobody declared temporary (a name the
+            # store rejects, an unknown team...) will fail the same way
+            # every time: retrying it for hours helps nobody.
+            raise PermanentFailure(f"{type(e).__name__}: {e}") from e
         except Exception as e:
-            # A bug or an unexpected driver error: log it with its traceback,
-            # and let the spool retry (then park the message in broken/).
+            # A bug or an unexpected driver error: logged with its traceback,
+            # and the mail is parked in failed/ for the operator, who can
+            # requeue it once the cause is fixed.
             log.failure("processing {msgid} failed unexpectedly", msgid=incoming.msgid)
-            raise TemporaryFailure(f"processing failed: {e!r}") from e
+            raise HandlerCrashed(f"processing failed: {e!r}") from e
         metrics.processed(incoming.route.service, outcome.action,
                           time.perf_counter() - started, outcome.fields)
         log.info(

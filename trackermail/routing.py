@@ -13,16 +13,13 @@ SMTP/LMTP servers can answer C{RCPT TO} synchronously:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any, Iterable
 
 from trackermail.errors import PermanentFailure, TrackerError
-
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+from trackermail.message import header_values
+from trackermail.validation import is_keyword, is_package_name, is_slug
 
 # Local parts that must never be read as a package name, even when
 # unqualified addresses are enabled: role accounts (RFC 2142) and our own
@@ -110,9 +107,9 @@ class ConflictingDeliveryAddresses(PermanentFailure):
 
 def _split_dispatch_target(rest: str, address: str) -> Route:
     package, sep, keyword = rest.partition("_")
-    if not PACKAGE_RE.match(package) or "_" in package:
+    if not is_package_name(package):
         raise UnknownRecipient(address)
-    if sep and not KEYWORD_RE.match(keyword):
+    if sep and not is_keyword(keyword):
         raise UnknownRecipient(address)
     return Route("dispatch", address, package=package, keyword=keyword if sep else None)
 
@@ -141,7 +138,7 @@ def route_address(address: str, fqdn: str, accept_unqualified: bool) -> Route:
     if plus:
         if prefix == "dispatch" and rest:
             return _split_dispatch_target(rest, full)
-        if prefix == "team" and SLUG_RE.match(rest):
+        if prefix == "team" and is_slug(rest):
             return Route("team", full, team=rest)
         if prefix == "bounces" and rest:
             # The VERP part keeps its case: an encoder may rely on it.
@@ -157,24 +154,12 @@ def route_address(address: str, fqdn: str, accept_unqualified: bool) -> Route:
 
 def _header_values(msg_or_headers: Any, name: str) -> list[str]:
     if hasattr(msg_or_headers, "get_all"):
-        try:
-            raw = msg_or_headers.get_all(name) or []
-        except Exception:
-            # A broken header must not stop us from looking at the others.
-            raw = []
-    elif isinstance(msg_or_headers, dict):
+        return header_values(msg_or_headers, name)
+    if isinstance(msg_or_headers, dict):
         raw = [v for k, v in msg_or_headers.items() if str(k).lower() == name.lower()]
     else:
         raw = [v for k, v in _pairs(msg_or_headers) if k.lower() == name.lower()]
-    values = []
-    for value in raw:
-        try:
-            if isinstance(value, bytes):
-                value = value.decode("ascii", "replace")
-            values.append(str(value))
-        except Exception:
-            continue
-    return values
+    return [v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in raw]
 
 
 def _pairs(headers: Iterable[Any]) -> Iterable[tuple[str, Any]]:

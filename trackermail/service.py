@@ -18,6 +18,8 @@ from twisted.python import usage
 
 from trackermail.config import Config, load_config
 from trackermail.errors import ConfigError
+from trackermail.store.bounce_stats import trim_all_bounce_stats
+from trackermail.store.confirmations import purge_confirmations
 
 log = Logger()
 
@@ -290,14 +292,12 @@ class MaintenanceService(service.Service):
     async def run_once(self):
         from datetime import datetime, timezone
 
-        from trackermail.store import ops
-
         store = await self.store_service.when_ready()
         now = self.clock.seconds()
         today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
         expiry = self.config.control.confirmation_expiry_days * 86400
-        confirmations = await store.run(ops.purge_confirmations, now, expiry, today)
-        stats = await store.run(ops.trim_all_bounce_stats,
+        confirmations = await store.run(purge_confirmations, now, expiry, today)
+        stats = await store.run(trim_all_bounce_stats,
                                 self.config.bounces.max_days_tolerate_bounce)
         log.info("maintenance: removed {confirmations} expired confirmations and "
                  "{stats} old bounce stats", confirmations=confirmations, stats=stats)

@@ -14,6 +14,9 @@ from trackermail.errors import InvalidValue
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Length bounds keep hostile values out of headers, addresses and the store.
+MAX_NAME = 100
+MAX_KEYWORD = 64
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 EMAIL_RE = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@" + _LABEL + r"(?:\." + _LABEL + r")+$"
@@ -43,24 +46,39 @@ def normalize_email(email: str) -> str:
     return candidate
 
 
+def is_package_name(name) -> bool:
+    """Whether C{name} is a valid package name (lower case, as Debian writes them)."""
+    return isinstance(name, str) and len(name) <= MAX_NAME and bool(PACKAGE_RE.match(name))
+
+
+def is_keyword(name) -> bool:
+    """Whether C{name} is a valid keyword name."""
+    return isinstance(name, str) and len(name) <= MAX_KEYWORD and bool(KEYWORD_RE.match(name))
+
+
+def is_slug(slug) -> bool:
+    """Whether C{slug} is a valid team slug."""
+    return isinstance(slug, str) and len(slug) <= MAX_NAME and bool(SLUG_RE.match(slug))
+
+
 def email_key(email: str) -> str:
     return normalize_email(email).lower()
 
 
 def check_package_name(name: str) -> str:
-    if not isinstance(name, str) or not PACKAGE_RE.match(name) or len(name) > 100:
+    if not is_package_name(name):
         raise InvalidValue(f"{_show(name)} is not a valid package name")
     return name
 
 
 def check_keyword(name: str) -> str:
-    if not isinstance(name, str) or not KEYWORD_RE.match(name) or len(name) > 64:
+    if not is_keyword(name):
         raise InvalidValue(f"{_show(name)} is not a valid keyword name")
     return name
 
 
 def check_slug(slug: str) -> str:
-    if not isinstance(slug, str) or not SLUG_RE.match(slug) or len(slug) > 100:
+    if not is_slug(slug):
         raise InvalidValue(f"{_show(slug)} is not a valid team slug")
     return slug
 

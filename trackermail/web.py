@@ -23,7 +23,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.application import strports
 from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -33,10 +32,12 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from trackermail import metrics
+from trackermail.endpoints import ListeningService
 from trackermail.errors import InvalidValue, TemporaryFailure
 from trackermail.signing import ExpiredToken, InvalidToken, check_unsubscribe_token
-from trackermail.store import ops
-from trackermail.store.sql import Value
+from trackermail.store.ledger import ping
+from trackermail.store.outbox import outbox_summary
+from trackermail.store.subscriptions import unsubscribe
 
 log = Logger()
 
@@ -319,10 +320,6 @@ class _NotFound(Resource):
         return _send(request, page(404, "Not found", ["<p>There is nothing here.</p>"]))
 
 
-def _ping():
-    return (yield Value("SELECT 1"))
-
-
 class TrackerSite:
     """
     What the resources do, apart from HTTP: token checks, the
@@ -382,7 +379,7 @@ class TrackerSite:
     async def unsubscribe(self, package: str, email: str, one_click: bool) -> Response:
         fqdn = self.config.tracker.fqdn
         try:
-            removed = await within(self.store.run(ops.unsubscribe, email, package),
+            removed = await within(self.store.run(unsubscribe, email, package),
                                    WRITE_TIMEOUT, self.clock)
         except InvalidValue as e:
             log.warn("unsubscribe link for an unusable address {email!r}: {error}",
@@ -420,7 +417,7 @@ class TrackerSite:
         outbox = None
         if self.readiness.is_ready:
             try:
-                outbox = await within(self.store.run(ops.outbox_summary, now),
+                outbox = await within(self.store.run(outbox_summary, now),
                                       STORE_TIMEOUT, self.clock)
             except Exception as e:
                 log.warn("metrics: the store did not answer: {error}", error=_describe(e))
@@ -436,7 +433,7 @@ class TrackerSite:
             problems.append("store: not ready (starting or migrating)")
         else:
             try:
-                answer = await within(self.store.run(_ping), STORE_TIMEOUT, self.clock)
+                answer = await within(self.store.run(ping), STORE_TIMEOUT, self.clock)
                 if answer != 1:
                     problems.append(f"store: unexpected answer {answer!r}")
             except Exception as e:
@@ -508,7 +505,5 @@ def make_http_services(config, store, spool, reactor, ready=None) -> list[IServi
     site = make_site(config, store, spool, reactor, ready)
     services: list[IService] = []
     for description in config.http.listen:
-        svc = strports.service(description, site, reactor=reactor)
-        svc.setName("http:" + description)
-        services.append(svc)
+        services.append(ListeningService("http", description, site, reactor))
     return services

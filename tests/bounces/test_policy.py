@@ -10,7 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
 from trackermail.bounces import verp
 from trackermail.bounces.policy import permanent_failure
-from trackermail.store import ops
+from trackermail.store.bounce_stats import bounce_stats, record_sent
+from trackermail.store.subscriptions import subscribe, subscriptions_of
+from trackermail.store.teams import add_team, team_member_ids
 
 DAY = 86400
 
@@ -38,9 +40,9 @@ class BouncePolicyTests(SynchronousTestCase):
         self.processor, self.store, self.clock = make_pipeline(self)
         self.secret = self.processor.config.tracker.secret_key
         self.run = lambda program, *a: self.successResultOf(self.store.run(program, *a))
-        self.run(ops.subscribe, "dead@example.net", "dpkg")
-        self.run(ops.subscribe, "dead@example.net", "apt")
-        self.run(ops.add_team, "qa", "QA", "dead@example.net")
+        self.run(subscribe, "dead@example.net", "dpkg")
+        self.run(subscribe, "dead@example.net", "apt")
+        self.run(add_team, "qa", "QA", "dead@example.net")
 
     def today(self) -> datetime.date:
         return datetime.datetime.fromtimestamp(self.clock.now, datetime.timezone.utc).date()
@@ -50,14 +52,14 @@ class BouncePolicyTests(SynchronousTestCase):
         return deliver(self, self.processor, address, body or dsn(rcpt))
 
     def sent_today(self, email="dead@example.net"):
-        self.run(ops.record_sent, [email], self.today().isoformat())
+        self.run(record_sent, [email], self.today().isoformat())
 
     def test_hard_bounce_is_counted(self):
         """A hard bounce to a valid VERP address counts for that day."""
         self.sent_today()
         outcome = self.bounce()
         self.assertEqual(outcome.action, "counted")
-        [day] = self.run(ops.bounce_stats, "dead@example.net")
+        [day] = self.run(bounce_stats, "dead@example.net")
         self.assertEqual((day.sent, day.bounced), (1, 1))
 
     def test_soft_bounce_is_recorded_not_counted(self):
@@ -65,7 +67,7 @@ class BouncePolicyTests(SynchronousTestCase):
         self.sent_today()
         outcome = self.bounce(body=dsn("dead@example.net", "4.2.2", "Mailbox full"))
         self.assertEqual(outcome.action, "recorded")
-        [day] = self.run(ops.bounce_stats, "dead@example.net")
+        [day] = self.run(bounce_stats, "dead@example.net")
         self.assertEqual(day.bounced, 0)
 
     def test_forged_tag_is_ignored(self):
@@ -74,7 +76,7 @@ class BouncePolicyTests(SynchronousTestCase):
         outcome = self.bounce(secret="not-our-secret-at-all-000000")
         self.assertEqual(outcome.action, "dropped")
         self.assertIn("not a VERP address of ours", outcome.detail)
-        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 0)
+        self.assertEqual(self.run(bounce_stats, "dead@example.net")[0].bounced, 0)
 
     def test_missing_tag_is_ignored(self):
         """bounces+anything@ without a valid tag is logged and ignored."""
@@ -88,7 +90,7 @@ class BouncePolicyTests(SynchronousTestCase):
         outcome = self.bounce(body=dsn("dead@example.net", "5.7.1",
                                        "Message rejected as spam by Content Filtering"))
         self.assertEqual(outcome.action, "ignored")
-        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 0)
+        self.assertEqual(self.run(bounce_stats, "dead@example.net")[0].bounced, 0)
 
     def test_auto_reply_is_ignored(self):
         """A vacation reply to the VERP address is not a bounce."""
@@ -103,12 +105,12 @@ class BouncePolicyTests(SynchronousTestCase):
             outcome = self.bounce()
             if day < 3:
                 self.assertEqual(outcome.action, "counted")
-                self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"),
+                self.assertEqual(self.run(subscriptions_of, "dead@example.net"),
                                  ["apt", "dpkg"])
             self.clock.now += DAY
         self.assertEqual(outcome.action, "unsubscribed")
-        self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"), [])
-        self.assertEqual(self.run(ops.team_member_ids, "qa"), [])
+        self.assertEqual(self.run(subscriptions_of, "dead@example.net"), [])
+        self.assertEqual(self.run(team_member_ids, "qa"), [])
         copies = outbox(self, self.store)
         self.assertEqual(sorted(r for r, _, _ in copies),
                          ["dead@example.net", f"owner@{FQDN}"])
@@ -126,7 +128,7 @@ class BouncePolicyTests(SynchronousTestCase):
                 self.sent_today()  # two mails that day, one bounce
             self.bounce()
             self.clock.now += DAY
-        self.assertEqual(self.run(ops.subscriptions_of, "dead@example.net"), ["apt", "dpkg"])
+        self.assertEqual(self.run(subscriptions_of, "dead@example.net"), ["apt", "dpkg"])
 
     def test_stats_are_trimmed(self):
         """At most max_days_tolerate_bounce days of stats are kept per address."""
@@ -135,7 +137,7 @@ class BouncePolicyTests(SynchronousTestCase):
             self.clock.now += DAY
         self.sent_today()
         self.bounce()
-        self.assertEqual(len(self.run(ops.bounce_stats, "dead@example.net")), 4)
+        self.assertEqual(len(self.run(bounce_stats, "dead@example.net")), 4)
 
     def test_smarthost_rejection_counts_as_hard_bounce(self):
         """A 5xx from the smarthost for a fan-out copy counts as a hard bounce."""
@@ -143,7 +145,7 @@ class BouncePolicyTests(SynchronousTestCase):
         sender = verp.encode("dead@example.net", self.today(), self.secret, FQDN)
         self.sent_today()
         self.run(hook, "dead@example.net", sender, 550, "5.1.1 no such user", self.clock.now)
-        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 1)
+        self.assertEqual(self.run(bounce_stats, "dead@example.net")[0].bounced, 1)
         # A control reply (null sender) is not subject to the policy.
         self.run(hook, "dead@example.net", "", 550, "5.1.1 no such user", self.clock.now)
-        self.assertEqual(self.run(ops.bounce_stats, "dead@example.net")[0].bounced, 1)
+        self.assertEqual(self.run(bounce_stats, "dead@example.net")[0].bounced, 1)

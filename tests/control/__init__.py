@@ -20,10 +20,14 @@ from twisted.trial.unittest import TestCase
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
 from trackermail.config import config_from_dict
 from trackermail.control.handler import handle_control
-from trackermail.processing import Context, Incoming, parse_message
+from trackermail.handling import Context, Incoming
+from trackermail.message import parse_message
 from trackermail.routing import Route
-from trackermail.store import ops
+from trackermail.store.outbox import delivery_rows, outbox_body
+from trackermail.store.packages import add_package
 from trackermail.store.sql import Rows
+from trackermail.store.subscriptions import subscriptions_of
+from trackermail.store.teams import add_team, team_add_package
 
 FQDN = "tracker.example.org"
 CONTROL = f"control@{FQDN}"
@@ -129,13 +133,13 @@ class ControlMixin:
         self.store = await self.make_store()
         self.config = make_config()
         self._last_id = 0
-        await self.store.run(ops.add_package, "foo", "source", ("libfoo1", "foo-doc"))
-        await self.store.run(ops.add_package, "bar", "source")
-        await self.store.run(ops.add_package, "general", "pseudo")
-        await self.store.run(ops.add_team, "perl", "Perl Group", TOM, True)
-        await self.store.run(ops.team_add_package, "perl", "foo")
-        await self.store.run(ops.add_team, "secret", "Secret Team", TOM, False)
-        await self.store.run(ops.team_add_package, "secret", "bar")
+        await self.store.run(add_package, "foo", "source", ("libfoo1", "foo-doc"))
+        await self.store.run(add_package, "bar", "source")
+        await self.store.run(add_package, "general", "pseudo")
+        await self.store.run(add_team, "perl", "Perl Group", TOM, True)
+        await self.store.run(team_add_package, "perl", "foo")
+        await self.store.run(add_team, "secret", "Secret Team", TOM, False)
+        await self.store.run(team_add_package, "secret", "bar")
 
     async def run_mail(self, raw: bytes, now: float = NOW, config=None,
                        envelope_from: str | None = None):
@@ -174,13 +178,13 @@ class ControlMixin:
         result = []
         for mid in await self.store.run(_message_ids, self._last_id):
             self._last_id = mid
-            rows = await self.store.run(ops.delivery_rows, mid)
-            body = await self.store.run(ops.outbox_body, mid)
+            rows = await self.store.run(delivery_rows, mid)
+            body = await self.store.run(outbox_body, mid)
             result.append(Sent([r[0] for r in rows], [r[1] for r in rows], body))
         return result
 
     async def subscribed(self, email=JANE):
-        return await self.store.run(ops.subscriptions_of, email)
+        return await self.store.run(subscriptions_of, email)
 
     async def subscribe_confirmed(self, package, email=JANE, now=NOW):
         """Subscribe through the bot: request, then confirm by key."""

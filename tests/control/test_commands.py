@@ -5,7 +5,9 @@ Each control command, as a user sees it: the exact lines of the reply.
 import re
 
 from tests.control import DEFAULTS, JANE, TOM, ControlMixin, backends
-from trackermail.store import ops
+from trackermail.store.keywords import default_keywords
+from trackermail.store.subscriptions import subscribe
+from trackermail.store.teams import is_member, join_team
 
 CONFIRM_JANE = f"Needs confirmation: a mail with a key was sent to {JANE}."
 CONFIRM_TOM = f"Needs confirmation: a mail with a key was sent to {TOM}."
@@ -84,7 +86,7 @@ class SubscribeMixin(ControlMixin):
 
     async def test_already_subscribed(self):
         """Subscribing again says so and mails nobody."""
-        await self.store.run(ops.subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "foo")
         _, reply, confirmations = await self.control("subscribe foo")
         self.assertEqual(reply.lines, ["> subscribe foo",
                                        f"{JANE} is already subscribed to foo."])
@@ -101,7 +103,7 @@ class UnsubscribeMixin(ControlMixin):
 
     async def test_unsubscribe_confirmed(self):
         """unsubscribe needs confirmation, then unsubscribes."""
-        await self.store.run(ops.subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "foo")
         _, reply, confirmations = await self.control("unsubscribe foo")
         self.assertEqual(reply.lines, ["> unsubscribe foo", CONFIRM_JANE])
         self.assertEqual(await self.subscribed(), ["foo"])
@@ -113,7 +115,7 @@ class UnsubscribeMixin(ControlMixin):
 
     async def test_binary_name(self):
         """unsubscribe with a binary name means its source package."""
-        await self.store.run(ops.subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "foo")
         lines = await self.reply_lines("unsubscribe libfoo1")
         self.assertEqual(lines, [
             "> unsubscribe libfoo1",
@@ -123,8 +125,8 @@ class UnsubscribeMixin(ControlMixin):
 
     async def test_unsubscribeall(self):
         """unsubscribeall lists what it removed once confirmed."""
-        await self.store.run(ops.subscribe, JANE, "foo")
-        await self.store.run(ops.subscribe, JANE, "bar")
+        await self.store.run(subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "bar")
         _, reply, confirmations = await self.control("unsubscribeall")
         self.assertEqual(reply.lines, ["> unsubscribeall", CONFIRM_JANE])
         self.assertIn(f"* unsubscribeall {JANE}: unsubscribe {JANE} from every package",
@@ -146,8 +148,8 @@ class UnsubscribeMixin(ControlMixin):
 class WhichWhoMixin(ControlMixin):
     async def test_which(self):
         """which lists the sender's subscriptions, one per line."""
-        await self.store.run(ops.subscribe, JANE, "foo")
-        await self.store.run(ops.subscribe, JANE, "bar")
+        await self.store.run(subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "bar")
         lines = await self.reply_lines("which")
         self.assertEqual(lines, ["> which", f"{JANE} is subscribed to:", "* bar", "* foo"])
 
@@ -158,8 +160,8 @@ class WhichWhoMixin(ControlMixin):
 
     async def test_who_obfuscates(self):
         """who lists subscribers with their domains hidden."""
-        await self.store.run(ops.subscribe, JANE, "foo")
-        await self.store.run(ops.subscribe, TOM, "foo")
+        await self.store.run(subscribe, JANE, "foo")
+        await self.store.run(subscribe, TOM, "foo")
         lines = await self.reply_lines("who foo")
         self.assertEqual(lines, ["> who foo", "Subscribers of foo:",
                                  "* jane@e......o..", "* tom@e......c.."])
@@ -206,7 +208,7 @@ class KeywordMixin(ControlMixin):
         lines = await self.reply_lines(f"keyword {TOM} = vcs")
         self.assertEqual(lines, [f"> keyword {TOM} = vcs",
                                  f"Default keywords of {TOM} are now: vcs"])
-        self.assertEqual(await self.store.run(ops.default_keywords, TOM), {"vcs"})
+        self.assertEqual(await self.store.run(default_keywords, TOM), {"vcs"})
 
     async def test_unknown_keyword_warns(self):
         """An unknown keyword is a warning; the others still apply."""
@@ -221,12 +223,12 @@ class KeywordMixin(ControlMixin):
         self.assertEqual(lines, ["> keyword = nope",
                                  'Warning: "nope" is not a keyword: ignored.',
                                  "Error: no valid keyword given: nothing changed."])
-        self.assertEqual(await self.store.run(ops.default_keywords, JANE),
+        self.assertEqual(await self.store.run(default_keywords, JANE),
                          set(DEFAULTS.split(", ")))
 
     async def test_package_keywords(self):
         """keyword PKG shows and edits one subscription's keywords."""
-        await self.store.run(ops.subscribe, JANE, "foo")
+        await self.store.run(subscribe, JANE, "foo")
         lines = await self.reply_lines("keyword foo\nkeyword foo = bts vcs")
         self.assertEqual(lines, [
             "> keyword foo",
@@ -238,7 +240,7 @@ class KeywordMixin(ControlMixin):
 
     async def test_package_keywords_other_address(self):
         """keyword PKG EMAIL - ... edits another address's subscription."""
-        await self.store.run(ops.subscribe, TOM, "foo")
+        await self.store.run(subscribe, TOM, "foo")
         lines = await self.reply_lines(f"tag foo {TOM} - default, bts")
         self.assertEqual(lines, [
             f"> tag foo {TOM} - default, bts",
@@ -257,12 +259,12 @@ class TeamMixin(ControlMixin):
         """join-team needs confirmation, then makes the address a member."""
         _, reply, confirmations = await self.control("join-team perl")
         self.assertEqual(reply.lines, ["> join-team perl", CONFIRM_JANE])
-        self.assertFalse(await self.store.run(ops.is_member, "perl", JANE))
+        self.assertFalse(await self.store.run(is_member, "perl", JANE))
         key = confirmations[JANE].key
         lines = await self.reply_lines(f"confirm {key}")
         self.assertEqual(lines, [f"> confirm {key}", f"Confirmed for {JANE}:",
                                  f"{JANE} is now a member of team perl."])
-        self.assertTrue(await self.store.run(ops.is_member, "perl", JANE))
+        self.assertTrue(await self.store.run(is_member, "perl", JANE))
 
     async def test_join_unknown_team(self):
         """join-team with an unknown slug says so."""
@@ -291,14 +293,14 @@ class TeamMixin(ControlMixin):
 
     async def test_leave_team(self):
         """leave-team takes effect at once."""
-        await self.store.run(ops.join_team, "perl", JANE)
+        await self.store.run(join_team, "perl", JANE)
         lines = await self.reply_lines("leave-team perl\nleave-team perl\nleave-team nosuch")
         self.assertEqual(lines, [
             "> leave-team perl", f"{JANE} has left team perl.", "",
             "> leave-team perl", "Same command as above: not run again.", "",
             "> leave-team nosuch", "Error: there is no team nosuch.",
         ])
-        self.assertFalse(await self.store.run(ops.is_member, "perl", JANE))
+        self.assertFalse(await self.store.run(is_member, "perl", JANE))
 
     async def test_leave_team_not_member(self):
         """leave-team for a non-member says so."""

@@ -4,8 +4,9 @@ the limits that keep the bot from being used to flood an address.
 """
 
 from tests.control import DAY, JANE, NOW, TOM, ControlMixin, backends, make_config
-from trackermail.control.commands import reserve_key
-from trackermail.store import ops
+from trackermail.store.confirmations import reserve_key
+from trackermail.store.subscriptions import subscribe, unsubscribe
+from trackermail.store.teams import is_member
 
 
 def quoted_reply(confirmation) -> tuple[str, str]:
@@ -56,7 +57,7 @@ class RoundTripMixin(ControlMixin):
         self.assertEqual(reply.subject, f"Re: CONFIRM {key}")
         self.assertEqual(more, {})
         self.assertEqual(await self.subscribed(), ["foo"])
-        self.assertTrue(await self.store.run(ops.is_member, "perl", JANE))
+        self.assertTrue(await self.store.run(is_member, "perl", JANE))
 
     async def test_unquoted_reply(self):
         """A reply that repeats the CONFIRM mail without quoting still confirms once."""
@@ -73,7 +74,7 @@ class RoundTripMixin(ControlMixin):
 
     async def test_one_mail_per_address(self):
         """All commands of one mail for one address make exactly one CONFIRM mail."""
-        await self.store.run(ops.subscribe, TOM, "bar")
+        await self.store.run(subscribe, TOM, "bar")
         _, reply, confirmations = await self.control(
             f"subscribe foo\nsubscribe foo {TOM}\nunsubscribe bar {TOM}\n"
             f"join-team perl\nunsubscribeall {TOM}")
@@ -105,7 +106,7 @@ class RoundTripMixin(ControlMixin):
         _, _, confirmations = await self.control("subscribe foo")
         key = confirmations[JANE].key
         await self.control(f"confirm {key}")
-        await self.store.run(ops.unsubscribe, JANE, "foo")
+        await self.store.run(unsubscribe, JANE, "foo")
         lines = await self.reply_lines(f"confirm {key}")
         self.assertEqual(lines, [f"> confirm {key}",
                                  f"Error: confirmation key {key} was already used; nothing changed."])

@@ -14,8 +14,9 @@ from tests.control import (
 )
 from trackermail.control import commands
 from trackermail.control.handler import handle_control
-from trackermail.processing import Context
-from trackermail.store import ops
+from trackermail.handling import Context
+from trackermail.store.keywords import default_keywords
+from trackermail.store.outbox import delivery_rows
 
 FOOTER = ["-- ",
           'The package tracker at tracker.example.org; send "help" to '
@@ -151,7 +152,7 @@ class ReplyMixin(ControlMixin):
             await self.store.run(handle_control, make_incoming(raw),
                                  Context(self.config, None, 1.7e9))
         self.assertEqual(await self.outbox(), [])
-        self.assertEqual(len(await self.store.run(ops.default_keywords, JANE)), 8)
+        self.assertEqual(len(await self.store.run(default_keywords, JANE)), 8)
 
 
 class DropMixin(ControlMixin):
@@ -162,7 +163,7 @@ class DropMixin(ControlMixin):
         outcome = await self.run_mail(raw, **kwargs)
         self.assertEqual((outcome.action, outcome.detail), ("dropped", reason))
         self.assertEqual(await self.outbox(), [])
-        self.assertEqual(await self.store.run(ops.delivery_rows), [])
+        self.assertEqual(await self.store.run(delivery_rows), [])
 
     async def test_own_loop(self):
         """Mail carrying X-Loop: control@FQDN is dropped."""

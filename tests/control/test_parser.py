@@ -9,7 +9,7 @@ from tests.control import make_mail
 from trackermail.control import parser
 from trackermail.control.commands import obfuscate
 from trackermail.control.parser import SKIP, STOP, Command, NotCommand, parse
-from trackermail.processing import parse_message
+from trackermail.message import parse_message, plain_text
 
 
 class ParseTests(SynchronousTestCase):
@@ -87,12 +87,12 @@ class MailTextTests(SynchronousTestCase):
             "--b\r\nContent-Type: text/plain\r\n\r\nsecond\r\n--b--\r\n"
         )
         msg = parse_message(make_mail(body, content_type='multipart/alternative; boundary="b"'))
-        self.assertEqual(parser.plain_text(msg).strip(), "h\u00e9llo")
+        self.assertEqual(plain_text(msg).strip(), "h\u00e9llo")
 
     def test_no_plain_part(self):
         """An HTML-only mail has no text to read."""
         msg = parse_message(make_mail("<p>which</p>", content_type="text/html"))
-        self.assertIsNone(parser.plain_text(msg))
+        self.assertIsNone(plain_text(msg))
 
     def test_plain_attachment_is_not_the_text(self):
         """A text/plain attachment is not the body."""
@@ -101,20 +101,20 @@ class MailTextTests(SynchronousTestCase):
             "which\r\n--b--\r\n"
         )
         msg = parse_message(make_mail(body, content_type='multipart/mixed; boundary="b"'))
-        self.assertIsNone(parser.plain_text(msg))
+        self.assertIsNone(plain_text(msg))
 
     def test_unknown_and_bogus_charsets(self):
         """An unknown charset, or a codec that is not a text encoding, is read as UTF-8."""
         for charset in ("x-no-such-charset", "base64", "zlib", "\x00"):
             msg = parse_message(make_mail("which \xe9\n".encode("utf-8"),
                                           content_type=f'text/plain; charset="{charset}"'))
-            self.assertEqual(parser.plain_text(msg), "which \xe9\r\n", charset)
+            self.assertEqual(plain_text(msg), "which \xe9\r\n", charset)
 
     def test_undecodable_bytes(self):
         """Bytes that do not decode become U+FFFD instead of failing."""
         msg = parse_message(make_mail(b"which \xff\xfe\n",
                                       content_type="text/plain; charset=utf-8"))
-        self.assertEqual(parser.plain_text(msg), "which \ufffd\ufffd\r\n")
+        self.assertEqual(plain_text(msg), "which \ufffd\ufffd\r\n")
 
     def test_lines(self):
         """Any line end splits lines; lines come stripped."""

@@ -6,9 +6,8 @@ atheris harness: the bounce analyzer. detect() never raises; its answers
 
 import sys
 
-import atheris
-
 import _common  # noqa: F401  (sys.path)
+import atheris
 
 with atheris.instrument_imports():
     from trackermail.bounces import analyzer, reasons

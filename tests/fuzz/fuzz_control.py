@@ -5,18 +5,18 @@ in-memory store. Expected outcomes: an Outcome, or a PermanentFailure.
 
 import sys
 
-import atheris
-
 import _common  # noqa: F401  (sys.path)
+import atheris
 
 with atheris.instrument_imports():
     import email
     import email.policy
 
     from tests.support.pipeline import make_pipeline
+    from trackermail import message
     from trackermail.control import commands, handler, parser  # noqa: F401
     from trackermail.errors import PermanentFailure
-    from trackermail.processing import Outcome
+    from trackermail.handling import Outcome
 
 
 class _Case:
@@ -40,7 +40,7 @@ def TestOneInput(data: bytes) -> None:
             msg = email.message_from_bytes(raw, policy=email.policy.default)
         except Exception:
             return  # CPython's own parser bug; the processor guards it
-        parser.plain_text(msg)
+        message.plain_text(msg)
         parser.subject_line(msg)
         return
     CLOCK.now += 1

@@ -7,7 +7,6 @@ An accepted address must be in our domain.
 import sys
 
 import atheris
-
 from _common import FQDN, text
 
 with atheris.instrument_imports():

@@ -8,7 +8,6 @@ import datetime
 import sys
 
 import atheris
-
 from _common import FQDN, SECRET, text
 
 with atheris.instrument_imports():

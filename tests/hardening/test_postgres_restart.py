@@ -31,8 +31,9 @@ from trackermail.ingress.spool import Spool, SpoolWatcher
 from trackermail.outbound.sender import OutboxSender
 from trackermail.processing import Processor
 from trackermail.service import default_handlers
-from trackermail.store import ops
+from trackermail.store.outbox import delivery_rows, enqueue
 from trackermail.store.sql import Rows, Value
+from trackermail.store.subscriptions import subscribe
 from trackermail.vendor import load_vendor
 
 SUBSCRIBERS = ("alice@example.org", "bob@example.net")
@@ -97,7 +98,7 @@ class PostgresRestartTests(TestCase):
         self.addCleanup(self.admin.close)
         self.addCleanup(self.allow_connections, True)
         for email in SUBSCRIBERS:
-            await self.store.subscribe(email, "dpkg", True, NOW)
+            await self.store.run(subscribe, email, "dpkg", True, NOW)
 
         self.clock = task.Clock()
         self.clock.advance(NOW)
@@ -398,7 +399,7 @@ class SenderDuringDatabaseRestartTests(SynchronousTestCase):
         self.outage(["a@example.org", "b@example.org", "c@example.org"])
 
     def outage(self, rcpts):
-        self.successResultOf(self.memory.enqueue(
+        self.successResultOf(self.memory.run(enqueue, 
             b"Subject: x\n\nx\n", [(r, "bounces+x@tracker.example.org") for r in rcpts],
             self.clock.seconds()))
         self.sender.startService()
@@ -417,6 +418,6 @@ class SenderDuringDatabaseRestartTests(SynchronousTestCase):
         self.transport.release()
         sent = [r for m in self.transport.sent for r in m.recipients]
         self.assertEqual(sorted(sent), rcpts, "each copy handed to the smarthost once")
-        rows = self.successResultOf(self.memory.run(ops.delivery_rows))
+        rows = self.successResultOf(self.memory.run(delivery_rows))
         self.assertEqual([(r[0], r[2], r[3]) for r in rows],
                          [(r, "sent", 1) for r in rcpts])

@@ -23,7 +23,7 @@ from tests.support.outbound import MemoryOutboundTransport, SinkFactory
 from tests.support.stores import make_memory_store
 from trackermail.outbound.pool import SMTPPool
 from trackermail.outbound.sender import OutboxSender
-from trackermail.store import ops
+from trackermail.store import outbox
 
 T0 = 1_795_000_000.0
 DOWN = 600.0
@@ -31,7 +31,7 @@ BODY = b"Subject: news\r\nMessage-ID: <n1@tracker.example.org>\r\n\r\nhello\r\n"
 
 
 def enqueue(testcase, store, now, rcpts, body=BODY):
-    return testcase.successResultOf(store.enqueue(
+    return testcase.successResultOf(store.run(outbox.enqueue,
         body, [(r, f"bounces+{i}@tracker.example.org") for i, r in enumerate(rcpts)], now))
 
 
@@ -73,7 +73,7 @@ class ScriptedSmarthostTests(SynchronousTestCase):
                                    give_up_days=5, poll_interval=30)
 
     def rows(self):
-        return self.successResultOf(self.store.run(ops.delivery_rows))
+        return self.successResultOf(self.store.run(outbox.delivery_rows))
 
     def test_ten_minutes_down_nothing_lost_nothing_twice(self):
         """Mail queued while the smarthost is down for 10 minutes is delivered once each after it returns."""
@@ -222,7 +222,7 @@ class RealPoolSmarthostTests(TestCase):
         await run_until(T0 + DOWN)
         self.assertGreater(sink.refused, 0)
         self.assertEqual(sink.messages, [])
-        rows = await store.run(ops.delivery_rows)
+        rows = await store.run(outbox.delivery_rows)
         self.assertEqual({r[2] for r in rows}, {"queued"})
 
         sink.refuse = False
@@ -230,7 +230,7 @@ class RealPoolSmarthostTests(TestCase):
         got = collections.Counter(r for m in sink.messages for r in m.recipients)
         self.assertEqual(sorted(got), sorted(rcpts))
         self.assertEqual(set(got.values()), {1})
-        rows = await store.run(ops.delivery_rows)
+        rows = await store.run(outbox.delivery_rows)
         self.assertEqual({r[2] for r in rows}, {"sent"})
         self.assertTrue(all(r[3] >= 3 for r in rows), rows)
         await pool.close()

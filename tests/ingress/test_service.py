@@ -10,7 +10,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from trackermail.config import config_from_dict
 from trackermail.errors import ConfigError
 from trackermail.ingress.lmtp import LMTPIngress, build_lmtp_factory
-from trackermail.ingress.service import make_ingress_services, make_spool, make_spool_watcher
+from trackermail.ingress.service import (
+    make_ingress_services,
+    make_spool,
+    make_spool_watcher,
+)
 from trackermail.ingress.smtp import SMTPIngress, build_smtp_factory
 from trackermail.ingress.spool import Spool
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 
@@ -25,13 +24,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.outbound.test_client import body_with_dot_at, ehlo_reply, normalise
+from tests.support.net import unused_port
+from tests.support.outbound import MemoryOutboundTransport, SinkFactory
+from tests.support.tlsca import TestCA
 from trackermail.config import OutboundSection
 from trackermail.errors import ConfigError
 from trackermail.outbound.interface import IOutboundTransport
 from trackermail.outbound.pool import SMTPPool, pool_from_config
-from tests.outbound.test_client import body_with_dot_at, ehlo_reply, normalise
-from tests.support.outbound import MemoryOutboundTransport, SinkFactory
-from tests.support.tlsca import TestCA
 
 
 class FakeEndpoint:
@@ -416,7 +416,7 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
 
     async def test_nobody_listening(self):
         """Sends to a port nobody listens on get 421 4.4.1."""
-        pool = self.make_pool(free_port())
+        pool = self.make_pool(unused_port())
         result = await pool.send("s@t.example", ["a@x.example"], b"x\n")
         self.assertEqual(result["a@x.example"][0], 421)
         self.assertTrue(result["a@x.example"][1].startswith("4.4.1"))
@@ -496,14 +496,6 @@ class TLSTests(LoopbackMixin, TestCase):
         self.assertEqual(sink.count, 0)
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 async def wait_for_port(port: int, tries: int = 200) -> None:
     """
     Poll until something accepts connections on 127.0.0.1:PORT.
@@ -531,7 +523,7 @@ class PostfixSmtpSinkTests(LoopbackMixin, TestCase):
         dump = tempfile.mkdtemp(prefix="trackermail-smtp-sink-")
         self.addCleanup(shutil.rmtree, dump, True)
         os.chmod(dump, 0o777)
-        port = free_port()
+        port = unused_port()
         args = ["smtp-sink"]
         if os.getuid() == 0:
             args += ["-u", "nobody"]

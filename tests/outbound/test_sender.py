@@ -8,15 +8,20 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.outbound import MemoryOutboundTransport
 from tests.support.stores import make_memory_store, make_pg_store
-from trackermail.outbound import queue
 from trackermail.outbound.sender import OutboxSender
-from trackermail.store import ops
+from trackermail.store.outbox import (
+    claim_due,
+    delivery_rows,
+    enqueue,
+    mark_sent,
+    outbox_summary,
+)
 
 BODY = b"Subject: hello\r\n\r\nbody\r\n"
 
 
 def states(testcase, store):
-    rows = testcase.successResultOf(store.run(ops.delivery_rows))
+    rows = testcase.successResultOf(store.run(delivery_rows))
     return [(r[0], r[2], r[3]) for r in rows]
 
 
@@ -42,7 +47,7 @@ class SenderTests(SynchronousTestCase):
         self.addCleanup(self.sender.stopService)
 
     def enqueue(self, *rcpts, prefix=b""):
-        return self.successResultOf(self.store.enqueue(
+        return self.successResultOf(self.store.run(enqueue, 
             BODY, [(r, f"bounces+{r.split('@')[0]}@t.example", prefix) for r in rcpts],
             self.clock.seconds()))
 
@@ -87,7 +92,7 @@ class SenderTests(SynchronousTestCase):
         self.start()
         self.assertEqual(states(self, self.store),
                          [("a@example.org", "failed", 1), ("b@example.org", "sent", 1)])
-        rows = self.successResultOf(self.store.run(ops.delivery_rows))
+        rows = self.successResultOf(self.store.run(delivery_rows))
         self.assertEqual(rows[0][4:], (550, "5.1.1 no such user"))
         self.assertEqual(self.failures, [("a@example.org", 550)])
 
@@ -100,7 +105,7 @@ class SenderTests(SynchronousTestCase):
             self.clock.advance(600)
         [(rcpt, state, attempts)] = states(self, self.store)
         self.assertEqual(state, "failed")
-        rows = self.successResultOf(self.store.run(ops.delivery_rows))
+        rows = self.successResultOf(self.store.run(delivery_rows))
         self.assertTrue(rows[0][5].startswith("gave up after"))
         self.assertEqual(self.failures, [])  # a 4xx give-up is no bounce
 
@@ -109,8 +114,8 @@ class SenderTests(SynchronousTestCase):
         self.enqueue("a@example.org", "b@example.org")
         # A node claims both, records only a's result, and dies.
         claimed = self.successResultOf(self.store.run(
-            queue.claim_due, "sqlite", "dead-node", self.clock.seconds(), 10, 600))
-        self.successResultOf(self.store.run(queue.mark_sent, [claimed[0].id],
+            claim_due, "sqlite", "dead-node", self.clock.seconds(), 10, 600))
+        self.successResultOf(self.store.run(mark_sent, [claimed[0].id],
                                             self.clock.seconds()))
         self.start()
         self.assertEqual(self.transport.sent, [])
@@ -143,7 +148,7 @@ class TwoNodesOnPostgresTests(TestCase):
         self.addCleanup(store_b.close)
         await store_b.start()
         deliveries = [(f"u{i}@example.org", f"bounces+{i}@t.example") for i in range(2000)]
-        await store_a.enqueue(BODY, deliveries, 0.0)
+        await store_a.run(enqueue, BODY, deliveries, 0.0)
         ta, tb = MemoryOutboundTransport(), MemoryOutboundTransport()
         a = OutboxSender(store_a, ta, node="a", batch_size=100)
         b = OutboxSender(store_b, tb, node="b", batch_size=100)
@@ -156,7 +161,7 @@ class TwoNodesOnPostgresTests(TestCase):
         self.assertEqual(len(sent), 2000)
         self.assertEqual(len(set(sent)), 2000)
         self.assertTrue(ta.sent and tb.sent, "both nodes should have worked")
-        summary = await store_a.outbox_summary(1e12)
+        summary = await store_a.run(outbox_summary, 1e12)
         self.assertEqual((summary.sent, summary.queued, summary.sending), (2000, 0, 0))
 
 
@@ -169,7 +174,7 @@ class PurgeTests(SynchronousTestCase):
         transport = MemoryOutboundTransport()
         transport.script("bad@example.org", (550, "5.1.1 no"))
         sender = OutboxSender(store, transport, clock, node="n")
-        self.successResultOf(store.enqueue(BODY, [("a@example.org", "s"),
+        self.successResultOf(store.run(enqueue, BODY, [("a@example.org", "s"),
                                                   ("bad@example.org", "s")], clock.seconds()))
         sender.startService()
         self.addCleanup(sender.stopService)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import email
 import email.policy
 
+from tests.support.stores import make_memory_store
 from trackermail.config import config_from_dict
 from trackermail.processing import Processor
 from trackermail.service import default_handlers
-from trackermail.store import ops
-from tests.support.stores import make_memory_store
+from trackermail.store.sql import Rows
 
 FQDN = "tracker.example.org"
 NOW = 1_795_000_000.0  # 2026-11-18
@@ -57,7 +57,7 @@ def deliver(testcase, processor, to: str, body: bytes):
 def outbox(testcase, store):
     """[(recipient, sender, parsed copy)] of every queued delivery, in order."""
     def program():
-        rows = yield ops.Rows(
+        rows = yield Rows(
             "SELECT d.recipient, d.sender, d.prefix, m.body FROM outbox_deliveries d "
             "JOIN outbox_messages m ON m.id = d.message_id ORDER BY d.id")
         return rows

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SkipTest
 
-from trackermail.store import ops
 from trackermail.store.sqlite import MemoryStore, SQLiteStore
 
 _pg_state: dict = {}
@@ -128,4 +127,4 @@ def make_memory_store(testcase=None) -> MemoryStore:
     return store
 
 
-__all__ = ["make_memory_store", "make_sqlite_store", "make_pg_store", "ops"]
+__all__ = ["make_memory_store", "make_sqlite_store", "make_pg_store"]

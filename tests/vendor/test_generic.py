@@ -10,17 +10,16 @@ from zope.interface.verify import verifyObject
 
 from tests.vendor import fixture, parse
 from trackermail.errors import ConfigError
-from trackermail.vendor import load_vendor as exported_load_vendor
-from trackermail.vendor.base import (
-    IVendor,
+from trackermail.message import (
     body_text,
     has_header,
-    header_value,
+    header,
     header_values,
-    load_vendor,
     parse_address,
     sender_name,
 )
+from trackermail.vendor import load_vendor as exported_load_vendor
+from trackermail.vendor.base import IVendor, load_vendor
 from trackermail.vendor.debian import DebianVendor
 from trackermail.vendor.generic import GenericVendor
 
@@ -134,9 +133,9 @@ class HeaderHelperTests(SynchronousTestCase):
         Header values come back decoded from RFC 2047 and unfolded.
         """
         msg = fixture("dkim-signed.eml")
-        self.assertEqual(header_value(msg, "Subject"), "problème with hello")
+        self.assertEqual(header(msg, "Subject"), "problème with hello")
         self.assertEqual(header_values(msg, "X-Nothing"), [])
-        self.assertEqual(header_value(msg, "X-Nothing", "dflt"), "dflt")
+        self.assertEqual(header(msg, "X-Nothing", "dflt"), "dflt")
 
     def test_all_values(self):
         """
@@ -154,7 +153,7 @@ class HeaderHelperTests(SynchronousTestCase):
         never surrogates.
         """
         msg = parse(b"Subject: caf\xc3\xa9 \xff\xfe\n\nbody\n")
-        value = header_value(msg, "Subject")
+        value = header(msg, "Subject")
         value.encode("utf-8")
         self.assertTrue(value.startswith("caf"))
 

@@ -26,9 +26,17 @@ from twisted.logger import Logger
 from trackermail.bounces import verp
 from trackermail.bounces.analyzer import detect
 from trackermail.bounces.spamtext import is_spam_rejection
-from trackermail.mail import build_mail
-from trackermail.store import ops
-from trackermail.store.sql import Rows
+from trackermail.handling import Outcome
+from trackermail.message import build_mail
+from trackermail.store.bounce_stats import (
+    recent_mail_days,
+    record_bounce,
+    trim_bounce_stats,
+)
+from trackermail.store.emails import email_id, email_of_id
+from trackermail.store.outbox import enqueue
+from trackermail.store.subscriptions import unsubscribe_all
+from trackermail.store.teams import mute_all_memberships
 
 log = Logger()
 
@@ -42,19 +50,15 @@ def evaluate(email: str, ctx, max_days: int):
     Store program: apply the unsubscription rule to C{email}. Fires with the
     list of packages removed (empty when the address is kept).
     """
-    eid = yield from ops.email_id(email, create=False)
+    eid = yield from email_id(email, create=False)
     if eid is None:
         return None
-    rows = yield Rows(
-        "SELECT day, sent, bounced FROM bounce_stats WHERE email_id = ? AND sent > 0 "
-        "ORDER BY day DESC LIMIT ?",
-        (eid, max_days),
-    )
-    yield from ops.trim_bounce_stats(email, max_days)
+    rows = yield from recent_mail_days(eid, max_days)
+    yield from trim_bounce_stats(email, max_days)
     if len(rows) < max_days or any(bounced < sent for _, sent, bounced in rows):
         return None
-    packages = yield from ops.unsubscribe_all(email)
-    teams = yield from ops.mute_all_memberships(email)
+    packages = yield from unsubscribe_all(email)
+    teams = yield from mute_all_memberships(email)
     fqdn = ctx.fqdn
     lines = [
         f"Mail the package tracker at {fqdn} sent to {email} bounced on each of the",
@@ -82,7 +86,7 @@ def evaluate(email: str, ctx, max_days: int):
         headers=[("X-Loop", f"control@{fqdn}"), ("Auto-Submitted", "auto-generated")],
         now=ctx.now,
     )
-    yield from ops.enqueue(body, [(email, ""), (contact, "")], ctx.now)
+    yield from enqueue(body, [(email, ""), (contact, "")], ctx.now)
     log.warn("unsubscribed {email} after {days} days of bounces: packages {packages},"
              " muted teams {teams}", email=email, days=max_days,
              packages=packages, teams=teams)
@@ -93,7 +97,6 @@ def handle_bounces(incoming, ctx):
     """
     Store program for mail to C{bounces+…@FQDN}.
     """
-    from trackermail.processing import Outcome
 
     secret = ctx.config.tracker.secret_key
     local = getattr(incoming.route, "verp", None) or ""
@@ -107,7 +110,7 @@ def handle_bounces(incoming, ctx):
         return Outcome("dropped", f"a bounce of mail sent on {info.day}, too old")
     email = info.email
     if email is None:
-        email = yield from ops.email_of_id(info.email_id)
+        email = yield from email_of_id(info.email_id)
         if email is None:
             return Outcome("dropped", f"the address with id {info.email_id} is gone")
     analysis = detect(incoming.msg)
@@ -122,10 +125,10 @@ def handle_bounces(incoming, ctx):
     if any(is_spam_rejection(t) for t in texts):
         return Outcome("ignored", f"our mail to {email} was refused as spam or malware",
                        {"email": email})
-    if (yield from ops.email_id(email, create=False)) is None:
+    if (yield from email_id(email, create=False)) is None:
         return Outcome("ignored", f"{email} is not known", {"email": email})
     hard = analysis.is_hard()
-    yield from ops.record_bounce(email, info.day.isoformat(), hard=hard)
+    yield from record_bounce(email, info.day.isoformat(), hard=hard)
     if not hard:
         return Outcome("recorded", f"a soft bounce for {email}", {"email": email})
     removed = yield from evaluate(email, ctx, max_days)
@@ -157,9 +160,9 @@ def permanent_failure(ctx_factory):
                 return None  # not a fan-out copy (a control reply): no bounce policy
         else:
             return None
-        if (yield from ops.email_id(recipient, create=False)) is None:
+        if (yield from email_id(recipient, create=False)) is None:
             return None
-        yield from ops.record_bounce(recipient, day, hard=True)
+        yield from record_bounce(recipient, day, hard=True)
         removed = yield from evaluate(recipient, ctx,
                                       ctx.config.bounces.max_days_tolerate_bounce)
         return "counted" if removed is None else "unsubscribed"

@@ -17,15 +17,37 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from trackermail.control import texts
 from trackermail.control.parser import Command
 from trackermail.errors import InvalidValue, UnknownTeam
-from trackermail.store import ops
-from trackermail.store.ops import NotSubscribed
-from trackermail.store.sql import Exec, Rows
+from trackermail.store.confirmations import (
+    canonical_command,
+    count_confirmation_send,
+    take_confirmation,
+)
+from trackermail.store.keywords import default_keywords, keywords, set_default_keywords
+from trackermail.store.packages import resolve_package
+from trackermail.store.subscriptions import (
+    NotSubscribed,
+    is_subscribed,
+    set_subscription_keywords,
+    subscribe,
+    subscribers_of,
+    subscription_keywords,
+    subscriptions_of,
+    unsubscribe,
+    unsubscribe_all,
+)
+from trackermail.store.teams import (
+    get_team,
+    is_member,
+    join_team,
+    leave_team,
+    team_packages,
+    teams_of,
+)
 from trackermail.validation import check_package_name, check_slug, normalize_email
 
 NEEDS_CONFIRMATION = frozenset({"subscribe", "unsubscribe", "unsubscribeall", "join-team"})
@@ -125,7 +147,7 @@ def _resolve(name: str, out: list):
     name = _package_name(name, out)
     if name is None:
         return None
-    found = yield from ops.resolve_package(name)
+    found = yield from resolve_package(name)
     if found.kind == "binary":
         out.append(texts.BINARY_PACKAGE.format(binary=name, source=found.source))
         return found.source
@@ -151,14 +173,14 @@ def _request(session: Session, email: str, stored: list, out: list):
     key = email.lower()
     pending = session.pending.get(key)
     if pending is None:
-        allowed = yield from ops.count_confirmation_send(
+        allowed = yield from count_confirmation_send(
             email, session.ctx.today, session.limit
         )
         pending = session.pending[key] = Pending(email, allowed)
     if not pending.allowed:
         out.append(texts.CONFIRMATION_LIMIT.format(email=email, limit=session.limit))
         return
-    if _canon(stored) not in {_canon(c) for c in pending.commands}:
+    if canonical_command(stored) not in {canonical_command(c) for c in pending.commands}:
         pending.commands.append(stored)
     out.append(texts.CONFIRMATION_SENT.format(email=email))
 
@@ -174,7 +196,7 @@ def _subscribe(session, cmd):
     package = yield from _resolve(cmd.package, out)
     if package is None:
         return out
-    if (yield from ops.is_subscribed(email, package)):
+    if (yield from is_subscribed(email, package)):
         out.append(texts.ALREADY_SUBSCRIBED.format(email=email, package=package))
         return out
     yield from _request(session, email, ["subscribe", package, email], out)
@@ -190,11 +212,11 @@ def _unsubscribe(session, cmd):
     if name is None:
         return out
     # A subscription to the exact name wins over what the name resolves to.
-    if (yield from ops.is_subscribed(email, name)):
+    if (yield from is_subscribed(email, name)):
         package = name
     else:
         package = yield from _resolve(name, out)
-        if not (yield from ops.is_subscribed(email, package)):
+        if not (yield from is_subscribed(email, package)):
             out.append(texts.NOT_SUBSCRIBED.format(email=email, package=package))
             return out
     yield from _request(session, email, ["unsubscribe", package, email], out)
@@ -206,7 +228,7 @@ def _unsubscribeall(session, cmd):
     email = _target(session, cmd, out)
     if email is None:
         return out
-    if not (yield from ops.subscriptions_of(email)):
+    if not (yield from subscriptions_of(email)):
         out.append(texts.NOT_SUBSCRIBED_ANY.format(email=email))
         return out
     yield from _request(session, email, ["unsubscribeall", email], out)
@@ -218,7 +240,7 @@ def _which(session, cmd):
     email = _target(session, cmd, out)
     if email is None:
         return out
-    packages = yield from ops.subscriptions_of(email)
+    packages = yield from subscriptions_of(email)
     if not packages:
         out.append(texts.NOT_SUBSCRIBED_ANY.format(email=email))
         return out
@@ -232,7 +254,7 @@ def _who(session, cmd):
     package = yield from _resolve(cmd.package, out)
     if package is None:
         return out
-    emails = yield from ops.subscribers_of(package)
+    emails = yield from subscribers_of(package)
     if not emails:
         out.append(texts.NO_SUBSCRIBERS.format(package=package))
         return out
@@ -248,7 +270,7 @@ def _keyword(session, cmd):
         return out
     names = None
     if cmd.op is not None:
-        known = {k.name for k in (yield from ops.keywords())}
+        known = {k.name for k in (yield from keywords())}
         names = []
         for name in cmd.keywords:
             if name in known:
@@ -258,19 +280,19 @@ def _keyword(session, cmd):
                 out.append(texts.UNKNOWN_KEYWORD.format(keyword=texts.show(name)))
     if cmd.package is None:
         if names is None:
-            current = yield from ops.default_keywords(email)
+            current = yield from default_keywords(email)
             out.append(texts.DEFAULT_KEYWORDS.format(email=email, keywords=texts.listing(current)))
         elif not names:
             out.append(texts.NO_VALID_KEYWORD)
         else:
-            new = yield from ops.set_default_keywords(email, cmd.op, names)
+            new = yield from set_default_keywords(email, cmd.op, names)
             out.append(texts.DEFAULT_KEYWORDS_NOW.format(email=email, keywords=texts.listing(new)))
         return out
     package = yield from _resolve(cmd.package, out)
     if package is None:
         return out
     try:
-        current = yield from ops.subscription_keywords(email, package)
+        current = yield from subscription_keywords(email, package)
     except NotSubscribed:
         out.append(texts.NOT_SUBSCRIBED.format(email=email, package=package))
         return out
@@ -280,7 +302,7 @@ def _keyword(session, cmd):
     elif not names:
         out.append(texts.NO_VALID_KEYWORD)
     else:
-        new = yield from ops.set_subscription_keywords(email, package, cmd.op, names)
+        new = yield from set_subscription_keywords(email, package, cmd.op, names)
         out.append(texts.PACKAGE_KEYWORDS_NOW.format(
             email=email, package=package, keywords=texts.listing(new)))
     return out
@@ -292,7 +314,7 @@ def _join_team(session, cmd):
     slug = _slug(cmd.slug, out)
     if email is None or slug is None:
         return out
-    team = yield from ops.get_team(slug)
+    team = yield from get_team(slug)
     if team is None:
         out.append(texts.UNKNOWN_TEAM.format(slug=slug))
         return out
@@ -300,7 +322,7 @@ def _join_team(session, cmd):
     if not team.public and not is_owner:
         out.append(texts.TEAM_CLOSED.format(slug=slug))
         return out
-    if (yield from ops.is_member(slug, email)):
+    if (yield from is_member(slug, email)):
         out.append(texts.ALREADY_MEMBER.format(email=email, slug=slug))
         return out
     yield from _request(session, email, ["join-team", slug, email], out)
@@ -314,7 +336,7 @@ def _leave_team(session, cmd):
     if email is None or slug is None:
         return out
     try:
-        left = yield from ops.leave_team(slug, email)
+        left = yield from leave_team(slug, email)
     except UnknownTeam:
         out.append(texts.UNKNOWN_TEAM.format(slug=slug))
         return out
@@ -328,14 +350,14 @@ def _list_team_packages(session, cmd):
     slug = _slug(cmd.slug, out)
     if slug is None:
         return out
-    team = yield from ops.get_team(slug)
+    team = yield from get_team(slug)
     if team is None:
         out.append(texts.UNKNOWN_TEAM.format(slug=slug))
         return out
-    if not team.public and not (yield from ops.is_member(slug, session.sender)):
+    if not team.public and not (yield from is_member(slug, session.sender)):
         out.append(texts.TEAM_PRIVATE.format(slug=slug))
         return out
-    packages = yield from ops.team_packages(slug)
+    packages = yield from team_packages(slug)
     if not packages:
         out.append(texts.TEAM_NO_PACKAGES.format(slug=slug))
         return out
@@ -349,7 +371,7 @@ def _which_teams(session, cmd):
     email = _target(session, cmd, out)
     if email is None:
         return out
-    teams = yield from ops.teams_of(email)
+    teams = yield from teams_of(email)
     if email.lower() != session.sender.lower():
         # Someone else's private memberships are not ours to tell.
         teams = [t for t in teams if t.public]
@@ -370,7 +392,7 @@ def _help(session, cmd):
 def _confirm(session, cmd):
     if not _KEY_RE.match(cmd.key):
         return [texts.INVALID_KEY.format(value=texts.show(cmd.key))]
-    result = yield from ops.take_confirmation(cmd.key, session.now, session.expiry)
+    result = yield from take_confirmation(cmd.key, session.now, session.expiry)
     if result == "unknown":
         return [texts.KEY_UNKNOWN.format(key=cmd.key)]
     if result == "used":
@@ -408,15 +430,15 @@ def run_stored(stored, now: float):
     try:
         match stored:
             case ["subscribe", str(package), str(email)]:
-                new = yield from ops.subscribe(email, package, now=now)
+                new = yield from subscribe(email, package, now=now)
                 template = texts.NOW_SUBSCRIBED if new else texts.ALREADY_SUBSCRIBED
                 return [template.format(email=email, package=package)]
             case ["unsubscribe", str(package), str(email)]:
-                gone = yield from ops.unsubscribe(email, package)
+                gone = yield from unsubscribe(email, package)
                 template = texts.NOW_UNSUBSCRIBED if gone else texts.NOT_SUBSCRIBED
                 return [template.format(email=email, package=package)]
             case ["unsubscribeall", str(email)]:
-                packages = yield from ops.unsubscribe_all(email)
+                packages = yield from unsubscribe_all(email)
                 if not packages:
                     return [texts.NOT_SUBSCRIBED_ANY.format(email=email)]
                 return [texts.UNSUBSCRIBED_FROM.format(email=email)] + [
@@ -424,7 +446,7 @@ def run_stored(stored, now: float):
                 ]
             case ["join-team", str(slug), str(email)]:
                 try:
-                    joined = yield from ops.join_team(slug, email)
+                    joined = yield from join_team(slug, email)
                 except UnknownTeam:
                     return [texts.UNKNOWN_TEAM.format(slug=slug)]
                 template = texts.NOW_MEMBER if joined else texts.ALREADY_MEMBER
@@ -432,52 +454,3 @@ def run_stored(stored, now: float):
     except InvalidValue:
         pass
     return [texts.STORED_COMMAND_BROKEN.format(command=texts.show(json.dumps(stored)))]
-
-
-# -- Keys (store programs not in ops) --------------------------------------------
-
-
-def _canon(stored) -> tuple:
-    return tuple(str(part).lower() for part in stored)
-
-
-def pending_keys(email: str, now: float, expiry: float):
-    """C{[(key, commands)]} of the unused, unexpired keys of an address, oldest first."""
-    rows = yield Rows(
-        "SELECT confirm_key, commands FROM confirmations WHERE email_lower = ? "
-        "AND used IS NULL AND created > ? ORDER BY created, id",
-        (email.lower(), now - expiry),
-    )
-    return [(key, json.loads(commands)) for key, commands in rows]
-
-
-def reserve_key(email: str, commands: list, now: float, expiry: float):
-    """
-    The key to mail to C{email} for C{commands}, keeping at most one pending
-    key per (command, address): fires with C{(key, listed commands)}.
-
-    A pending key that already holds every one of these commands is sent
-    again as it is. Otherwise the commands are taken out of older pending
-    keys (a key left empty is deleted) and a new key holds them.
-    """
-    wanted = {_canon(c) for c in commands}
-    existing = yield from pending_keys(email, now, expiry)
-    for key, stored in existing:
-        if wanted <= {_canon(c) for c in stored}:
-            return key, stored
-    for key, stored in existing:
-        remaining = [c for c in stored if _canon(c) not in wanted]
-        if len(remaining) == len(stored):
-            continue
-        if remaining:
-            yield Exec(
-                "UPDATE confirmations SET commands = ? WHERE confirm_key = ? AND used IS NULL",
-                (json.dumps(remaining), key),
-            )
-        else:
-            yield Exec(
-                "DELETE FROM confirmations WHERE confirm_key = ? AND used IS NULL", (key,)
-            )
-    key = secrets.token_urlsafe(KEY_BYTES)
-    yield from ops.create_confirmation(key, email, list(commands), now)
-    return key, list(commands)

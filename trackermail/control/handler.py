@@ -14,7 +14,7 @@ import re
 from itertools import chain
 
 from trackermail.control import texts
-from trackermail.control.commands import Session, describe, execute, reserve_key
+from trackermail.control.commands import Session, describe, execute
 from trackermail.control.parser import (
     MAX_COMMANDS,
     MAX_ERRORS,
@@ -24,13 +24,19 @@ from trackermail.control.parser import (
     NotCommand,
     lines_of,
     parse,
-    plain_text,
     subject_line,
 )
 from trackermail.errors import InvalidValue
-from trackermail.mail import address_of, build_mail, header, headers_all
-from trackermail.processing import Outcome
-from trackermail.store import ops
+from trackermail.handling import Outcome
+from trackermail.message import (
+    address_of,
+    build_mail,
+    header,
+    header_values,
+    plain_text,
+)
+from trackermail.store.confirmations import reserve_key
+from trackermail.store.outbox import enqueue
 from trackermail.validation import normalize_email
 
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
@@ -91,7 +97,7 @@ def handle_control(incoming, ctx):
             headers=_bot_headers(control),
             now=ctx.now,
         )
-        yield from ops.enqueue(mail, [(pending.email, "")], ctx.now)
+        yield from enqueue(mail, [(pending.email, "")], ctx.now)
         sent += 1
         if pending.email.lower() != sender.lower():
             cc.append(pending.email)
@@ -109,7 +115,7 @@ def handle_control(incoming, ctx):
         headers=_bot_headers(control) + _thread_headers(msg),
         now=ctx.now,
     )
-    yield from ops.enqueue(reply, [(sender, "")] + [(c, "") for c in cc], ctx.now)
+    yield from enqueue(reply, [(sender, "")] + [(c, "") for c in cc], ctx.now)
     return Outcome(
         "replied",
         f"{commands} commands",
@@ -168,7 +174,7 @@ def drop_reason(incoming, control: str) -> str | None:
     RFC 3834), or None.
     """
     msg = incoming.msg
-    for value in headers_all(msg, "X-Loop"):
+    for value in header_values(msg, "X-Loop"):
         if control.lower() in value.lower():
             return f"X-Loop: {control}"
     auto = header(msg, "Auto-Submitted", "").split(";")[0].strip().lower()

@@ -2,7 +2,8 @@
 """
 Reading a control mail: its command lines and what each one asks for.
 
-Nothing here touches the store. L{plain_text} finds the text to read,
+Nothing here touches the store. L{trackermail.message.plain_text} finds
+the text to read,
 L{subject_line} turns the Subject into the first line, L{parse} classifies
 one line. Every function accepts anything a hostile or broken mail can
 contain and never raises.
@@ -10,15 +11,12 @@ contain and never raises.
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 
-from trackermail.mail import header
+from trackermail.message import header
 
 #: Limits that keep the work for one mail bounded, whatever its size.
-MAX_BODY_CHARS = 1_000_000
-MAX_PARTS = 200
 MAX_LINE_LENGTH = 1000
 MAX_ERRORS = 5
 MAX_COMMANDS = 100
@@ -104,56 +102,6 @@ def subject_line(msg) -> str:
     subject = header(msg, "Subject", "")
     subject = " ".join(_CONTROL_CHARS.sub(" ", subject).split())
     return _REPLY_PREFIX.sub("", subject)
-
-
-def plain_text(msg) -> str | None:
-    """
-    The first text/plain part that is not an attachment, decoded with its
-    charset (bytes that do not decode become U+FFFD; an unknown charset is
-    read as UTF-8). None when the mail has no such part.
-    """
-    try:
-        for index, part in enumerate(msg.walk()):
-            if index >= MAX_PARTS:
-                return None
-            if part.is_multipart():
-                continue
-            if part.get_content_type() != "text/plain":
-                continue
-            if part.get_content_disposition() == "attachment":
-                continue
-            return _decode(part)
-    except Exception:
-        # A mail the email package cannot even walk has no readable text.
-        return None
-    return None
-
-
-def _decode(part) -> str:
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
-    if not isinstance(payload, bytes):
-        payload = b""
-    payload = payload[: MAX_BODY_CHARS * 4]
-    try:
-        charset = part.get_content_charset() or "us-ascii"
-    except Exception:
-        charset = "us-ascii"
-    try:
-        codec = codecs.lookup(charset).name
-    except (LookupError, ValueError, TypeError):
-        codec = "utf-8"
-    if codec == "ascii":
-        # Mail claiming (or defaulting to) ASCII often carries UTF-8 anyway.
-        codec = "utf-8"
-    try:
-        text = payload.decode(codec, errors="replace")
-    except Exception:
-        # Codecs that are not text encodings (base64, zlib...) or that fail.
-        text = payload.decode("utf-8", errors="replace")
-    return text[:MAX_BODY_CHARS]
 
 
 def lines_of(text: str):

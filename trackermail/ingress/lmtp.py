@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from trackermail.ingress.smtp import IngressFactory, IngressProtocol, settings_from_config
+from trackermail.ingress.smtp import (
+    IngressFactory,
+    IngressProtocol,
+    settings_from_config,
+)
 
 
 class LMTPIngress(IngressProtocol):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application import strports
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 
+from trackermail.endpoints import ListeningService
 from trackermail.ingress.lmtp import build_lmtp_factory
 from trackermail.ingress.smtp import build_smtp_factory
 from trackermail.ingress.spool import Spool, SpoolWatcher
@@ -32,15 +32,11 @@ def make_ingress_services(config: Any, spool: Spool, reactor: Any) -> list[IServ
     if config.smtp.listen:
         smtp_factory = build_smtp_factory(config, spool, reactor)
         for description in config.smtp.listen:
-            svc = strports.service(description, smtp_factory, reactor=reactor)
-            svc.setName("smtp:" + description)
-            services.append(svc)
+            services.append(ListeningService("smtp", description, smtp_factory, reactor))
     if config.lmtp.listen:
         lmtp_factory = build_lmtp_factory(config, spool, reactor)
         for description in config.lmtp.listen:
-            svc = strports.service(description, lmtp_factory, reactor=reactor)
-            svc.setName("lmtp:" + description)
-            services.append(svc)
+            services.append(ListeningService("lmtp", description, lmtp_factory, reactor))
     return services
 
 

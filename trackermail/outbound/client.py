@@ -32,7 +32,8 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional, Protocol as TypingProtocol, Sequence
+from typing import Any, Callable, Optional, Sequence
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport

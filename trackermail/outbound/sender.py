@@ -27,8 +27,15 @@ from twisted.logger import Logger
 
 from trackermail import metrics
 from trackermail.errors import TemporaryFailure
-from trackermail.outbound import queue
-from trackermail.store.sql import Value
+from trackermail.store.outbox import (
+    bodies,
+    claim_due,
+    mark_failed,
+    mark_retry,
+    mark_sent,
+    next_due,
+    purge_finished,
+)
 
 log = Logger()
 
@@ -136,7 +143,7 @@ class OutboxSender(service.Service):
             self._pending_wake = False
             try:
                 now = self.clock.seconds()
-                batch = await self.store.run(queue.claim_due, self.store.dialect,
+                batch = await self.store.run(claim_due, self.store.dialect,
                                              self.node, now, self.batch_size, self.lease)
             except Exception as e:
                 log.error("cannot claim deliveries: {error}", error=str(e))
@@ -178,13 +185,13 @@ class OutboxSender(service.Service):
             return
         self._last_purge = now
         try:
-            await self.store.run(queue.purge_finished, now - self.keep_sent)
+            await self.store.run(purge_finished, now - self.keep_sent)
         except Exception as e:
             log.error("cannot purge sent deliveries: {error}", error=str(e))
 
     async def _next_due_in(self) -> float:
         try:
-            due = await self.store.run(_next_due)
+            due = await self.store.run(next_due)
         except Exception:
             return self.poll_interval
         if due is None:
@@ -205,7 +212,7 @@ class OutboxSender(service.Service):
     async def _send_batch(self, batch):
         missing = [d.message_id for d in batch if self._bodies.get(d.message_id) is None]
         if missing:
-            for mid, body in (await self.store.run(queue.bodies, missing)).items():
+            for mid, body in (await self.store.run(bodies, missing)).items():
                 self._bodies.put(mid, body)
         sends = []
         for delivery in batch:
@@ -264,11 +271,11 @@ class OutboxSender(service.Service):
 
         def record():
             del bounced[:]
-            yield from queue.mark_sent(ok, now)
+            yield from mark_sent(ok, now)
             for delivery, when, code, text in retry:
-                yield from queue.mark_retry(delivery.id, when, code, text)
+                yield from mark_retry(delivery.id, when, code, text)
             for delivery, code, text in failed:
-                yield from queue.mark_failed(delivery.id, now, code, text)
+                yield from mark_failed(delivery.id, now, code, text)
                 if hook is not None and 500 <= code < 600:
                     bounced.append((yield from hook(delivery.recipient, delivery.sender,
                                                     code, text, now)))
@@ -308,9 +315,3 @@ class OutboxSender(service.Service):
                      rcpt=delivery.recipient, code=code, text=text)
         if ok:
             log.debug("sent {n} deliveries", n=len(ok))
-
-
-def _next_due():
-    return (yield Value(
-        "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
-    ))

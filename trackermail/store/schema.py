@@ -61,19 +61,16 @@ def migrate(dialect: str):
     return current
 
 
-def current_version():
-    exists = yield Value(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-    )
-    if not exists:
-        return 0
-    return (yield Value("SELECT MAX(version) FROM schema_version")) or 0
-
-
-def current_version_sqlite():
-    exists = yield Value(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    )
+def current_version(dialect: str):
+    """Store program: the schema version of the database, 0 when it has none."""
+    if dialect == "sqlite":
+        exists = yield Value(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        )
+    else:
+        exists = yield Value(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        )
     if not exists:
         return 0
     return (yield Value("SELECT MAX(version) FROM schema_version")) or 0

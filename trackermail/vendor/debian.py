@@ -32,14 +32,8 @@ import re
 
 from zope.interface import implementer
 
-from trackermail.vendor.base import (
-    IVendor,
-    NewsSource,
-    body_text,
-    has_header,
-    header_value,
-    header_values,
-)
+from trackermail.message import body_text, has_header, header, header_values
+from trackermail.vendor.base import IVendor, NewsSource
 
 BTS_LOOP = "owner@bugs.debian.org"
 DAK = "dak"
@@ -97,15 +91,15 @@ def source_removals(body: str) -> list[tuple[str, str]]:
 
 
 def _bts_keyword(msg) -> str:
-    if header_value(msg, "X-Debian-PR-Message").startswith("transcript"):
+    if header(msg, "X-Debian-PR-Message").startswith("transcript"):
         return "bts-control"
     return "bts"
 
 
 def _classify_bts(msg, package, keyword):
-    listed = _split_packages(header_value(msg, "X-Debian-PR-Source"))
+    listed = _split_packages(header(msg, "X-Debian-PR-Source"))
     if not listed:
-        listed = _split_packages(header_value(msg, "X-Debian-PR-Package"))
+        listed = _split_packages(header(msg, "X-Debian-PR-Package"))
     if package is None:
         return listed, _bts_keyword(msg)
     if package.lower() in {name.lower() for name in listed}:
@@ -125,9 +119,9 @@ def _accepted_package(subject: str) -> str | None:
 
 
 def _classify_dak(msg, package, keyword):
-    package = header_value(msg, "X-Debian-Package") or package
-    subject = header_value(msg, "Subject")
-    is_rm = header_value(msg, "X-DAK").split() == ["dak", "rm"]
+    package = header(msg, "X-Debian-Package") or package
+    subject = header(msg, "Subject")
+    is_rm = header(msg, "X-DAK").split() == ["dak", "rm"]
     body = None
     if _ACCEPTED.search(subject):
         body = body_text(msg)
@@ -150,9 +144,9 @@ class DebianVendor:
 
     def classify(self, msg, package, keyword):
         git_repo = (
-            header_value(msg, "X-GitLab-Project-Path")
-            or header_value(msg, "X-GitLab-Project")
-            or header_value(msg, "X-Git-Repo")
+            header(msg, "X-GitLab-Project-Path")
+            or header(msg, "X-GitLab-Project")
+            or header(msg, "X-Git-Repo")
         )
         if git_repo:
             if not package:
@@ -161,17 +155,17 @@ class DebianVendor:
                 keyword = "vcs"
 
         x_debian = _lowered(header_values(msg, "X-Debian"))
-        testing_watch = header_value(msg, "X-Testing-Watch-Package")
+        testing_watch = header(msg, "X-Testing-Watch-Package")
 
         if BTS_LOOP in _lowered(header_values(msg, "X-Loop")):
             return _classify_bts(msg, package, keyword)
         if DAK in x_debian:
             return _classify_dak(msg, package, keyword)
         if BUILDD in x_debian:
-            package = header_value(msg, "X-Debian-Package") or package
+            package = header(msg, "X-Debian-Package") or package
             return ((package,) if package else ()), "build"
         if AUTOREMOVALS in x_debian:
-            package = header_value(msg, "X-Debian-Package") or package
+            package = header(msg, "X-Debian-Package") or package
             return ((package,) if package else ()), "summary"
         if testing_watch:
             return (testing_watch,), "summary"
@@ -194,14 +188,14 @@ class DebianVendor:
         x_debian = _lowered(header_values(msg, "X-Debian"))
         if DAK in x_debian:
             return self._archive_news(msg, packages, keyword)
-        testing_watch = header_value(msg, "X-Testing-Watch-Package")
+        testing_watch = header(msg, "X-Testing-Watch-Package")
         if testing_watch:
             return [NewsSource(testing_watch)]
         return []
 
     def _archive_news(self, msg, packages, keyword) -> list[NewsSource]:
-        subject = header_value(msg, "Subject")
-        x_dak = header_value(msg, "X-DAK").split()
+        subject = header(msg, "Subject")
+        x_dak = header(msg, "X-DAK").split()
         # Only the "Accepted PKG VERSION (ARCHS) into SUITE" announcement is
         # news: the maintainer's "..._source.changes ACCEPTED" copy of the
         # same upload would make a second item.

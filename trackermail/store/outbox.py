@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.outbound.test_sender -*-
 """
-Store programs of the outbox: claiming due deliveries and recording what
-happened to them.
+The outbox: message bodies stored once, one delivery row per recipient, and
+the programs the sender uses to claim due deliveries and record results.
 
 A claim is a lease: the delivery goes to C{sending} with C{claimed_until};
 if the node dies before recording the result, the lease runs out and the
@@ -13,10 +13,93 @@ anything twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
-from trackermail.store.interface import Delivery
-from trackermail.store.sql import Exec, Rows
+from trackermail.store.sql import Exec, Many, Notify, Rows, Value
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    message_id: int
+    recipient: str
+    sender: str
+    attempts: int
+    created: float
+    prefix: bytes = b""
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    queued: int
+    sending: int
+    sent: int
+    failed: int
+    oldest_due: float | None
+
+
+def enqueue(body: bytes, deliveries: Sequence[tuple[str, str]], now: float):
+    """
+    Store C{body} once and one queued delivery per C{(recipient, sender)}
+    or C{(recipient, sender, prefix)}, where C{prefix} are header lines sent
+    before the body for that recipient only.
+    Fires with the message id (None when there is nobody to send to).
+    """
+    if not deliveries:
+        return None
+    mid = yield Value(
+        "INSERT INTO outbox_messages (body, created) VALUES (?, ?) RETURNING id",
+        (bytes(body), now),
+    )
+    yield Many(
+        "INSERT INTO outbox_deliveries "
+        "(message_id, recipient, sender, next_attempt, created, prefix) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(mid, d[0], d[1], now, now, bytes(d[2]) if len(d) > 2 and d[2] else None)
+         for d in deliveries],
+    )
+    yield Notify("outbox")
+    return mid
+
+
+def outbox_body(message_id: int):
+    body = yield Value("SELECT body FROM outbox_messages WHERE id = ?", (message_id,))
+    return None if body is None else bytes(body)
+
+
+def outbox_summary(now: float):
+    rows = yield Rows("SELECT state, COUNT(*) FROM outbox_deliveries GROUP BY state")
+    counts = dict(rows)
+    oldest = yield Value(
+        "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
+        " AND next_attempt <= ?",
+        (now,),
+    )
+    return OutboxSummary(
+        queued=counts.get("queued", 0),
+        sending=counts.get("sending", 0),
+        sent=counts.get("sent", 0),
+        failed=counts.get("failed", 0),
+        oldest_due=oldest,
+    )
+
+
+def delivery_rows(message_id: int | None = None):
+    """(recipient, sender, state, attempts, last_code, last_error) rows, for tests and tools."""
+    if message_id is None:
+        rows = yield Rows(
+            "SELECT recipient, sender, state, attempts, last_code, last_error "
+            "FROM outbox_deliveries ORDER BY id"
+        )
+    else:
+        rows = yield Rows(
+            "SELECT recipient, sender, state, attempts, last_code, last_error "
+            "FROM outbox_deliveries WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+    return [tuple(r) for r in rows]
+
 
 _CLAIM = """
 UPDATE outbox_deliveries
@@ -95,3 +178,10 @@ def bodies(message_ids: Sequence[int]):
         )
         result.update((mid, bytes(body)) for mid, body in rows)
     return result
+
+
+def next_due():
+    """When the next queued delivery is due (None when none is queued)."""
+    return (yield Value(
+        "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
+    ))

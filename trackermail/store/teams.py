@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.store.test_store -*-
+"""
+Teams, their packages, and memberships (muted, own keywords, per package).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from trackermail.errors import AlreadyExists, UnknownEmail, UnknownPackage, UnknownTeam
+from trackermail.store.emails import email_id
+from trackermail.store.keywords import keyword_ids
+from trackermail.store.packages import package_id
+from trackermail.store.sql import Exec, Many, Row, Rows, Value
+from trackermail.validation import check_slug, normalize_email
+
+
+@dataclass(frozen=True)
+class Team:
+    slug: str
+    name: str
+    public: bool
+    owner: str | None
+
+
+def _team_row(slug: str):
+    row = yield Row(
+        "SELECT t.id, t.slug, t.name, t.public, e.email FROM teams t "
+        "LEFT JOIN emails e ON e.id = t.owner_id WHERE t.slug = ?",
+        (slug,),
+    )
+    return row
+
+
+def get_team(slug: str):
+    row = yield from _team_row(slug)
+    return None if row is None else Team(row[1], row[2], bool(row[3]), row[4])
+
+
+def team_id(slug: str):
+    row = yield from _team_row(slug)
+    if row is None:
+        raise UnknownTeam(f'no team "{slug}"')
+    return row[0]
+
+
+def add_team(slug: str, name: str, owner: str | None, public: bool = True):
+    check_slug(slug)
+    if (yield from _team_row(slug)) is not None:
+        raise AlreadyExists(f'team "{slug}" already exists')
+    owner_id = None
+    if owner:
+        owner_id = yield from email_id(owner)
+    yield Exec(
+        "INSERT INTO teams (slug, name, public, owner_id) VALUES (?, ?, ?, ?)",
+        (slug, name or slug, bool(public), owner_id),
+    )
+    tid = yield from team_id(slug)
+    if owner_id is not None:
+        yield Exec(
+            "INSERT INTO memberships (team_id, email_id) VALUES (?, ?) "
+            "ON CONFLICT (team_id, email_id) DO NOTHING",
+            (tid, owner_id),
+        )
+    return Team(slug, name or slug, bool(public), owner)
+
+
+def team_add_package(slug: str, package: str):
+    tid = yield from team_id(slug)
+    pid = yield from package_id(package)
+    if pid is None:
+        raise UnknownPackage(f'no package "{package}"')
+    yield Exec(
+        "INSERT INTO team_packages (team_id, package_id) VALUES (?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (tid, pid),
+    )
+
+
+def team_packages(slug: str):
+    tid = yield from team_id(slug)
+    rows = yield Rows(
+        "SELECT p.name FROM team_packages tp JOIN packages p ON p.id = tp.package_id "
+        "WHERE tp.team_id = ? ORDER BY p.name",
+        (tid,),
+    )
+    return [r[0] for r in rows]
+
+
+def join_team(slug: str, email: str):
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email)
+    count = yield Exec(
+        "INSERT INTO memberships (team_id, email_id) VALUES (?, ?) "
+        "ON CONFLICT (team_id, email_id) DO NOTHING",
+        (tid, eid),
+    )
+    return count > 0
+
+
+def leave_team(slug: str, email: str):
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email, create=False)
+    if eid is None:
+        return False
+    count = yield Exec(
+        "DELETE FROM memberships WHERE team_id = ? AND email_id = ?", (tid, eid)
+    )
+    return count > 0
+
+
+def is_member(slug: str, email: str):
+    row = yield Value(
+        "SELECT 1 FROM memberships m JOIN teams t ON t.id = m.team_id "
+        "JOIN emails e ON e.id = m.email_id WHERE t.slug = ? AND e.email_lower = ?",
+        (slug, normalize_email(email).lower()),
+    )
+    return row is not None
+
+
+def teams_of(email: str):
+    rows = yield Rows(
+        "SELECT t.slug, t.name, t.public, o.email FROM memberships m "
+        "JOIN teams t ON t.id = m.team_id JOIN emails e ON e.id = m.email_id "
+        "LEFT JOIN emails o ON o.id = t.owner_id "
+        "WHERE e.email_lower = ? ORDER BY t.slug",
+        (normalize_email(email).lower(),),
+    )
+    return [Team(s, n, bool(p), o) for s, n, p, o in rows]
+
+
+def team_member_ids(slug: str):
+    """C{(email, id)} of a team's unmuted members, sorted."""
+    tid = yield from team_id(slug)
+    rows = yield Rows(
+        "SELECT e.email, e.id FROM memberships m JOIN emails e ON e.id = m.email_id "
+        "WHERE m.team_id = ? AND NOT m.muted ORDER BY e.email_lower",
+        (tid,),
+    )
+    return [tuple(r) for r in rows]
+
+
+def set_membership_muted(slug: str, email: str, muted: bool, package: str | None = None):
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email, create=False)
+    mid = yield Value(
+        "SELECT id FROM memberships WHERE team_id = ? AND email_id = ?", (tid, eid)
+    )
+    if mid is None:
+        raise UnknownEmail(f"{email} is not a member of {slug}")
+    if package is None:
+        yield Exec("UPDATE memberships SET muted = ? WHERE id = ?", (bool(muted), mid))
+        return
+    pid = yield from package_id(package)
+    if pid is None:
+        raise UnknownPackage(package)
+    yield Exec(
+        "INSERT INTO membership_packages (membership_id, package_id, muted) VALUES (?, ?, ?) "
+        "ON CONFLICT (membership_id, package_id) DO UPDATE SET muted = excluded.muted",
+        (mid, pid, bool(muted)),
+    )
+
+
+def set_membership_keywords(slug: str, email: str, names: Iterable[str],
+                            package: str | None = None):
+    """Give a membership (or one of its packages) its own keyword set."""
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email, create=False)
+    mid = yield Value(
+        "SELECT id FROM memberships WHERE team_id = ? AND email_id = ?", (tid, eid)
+    )
+    if mid is None:
+        raise UnknownEmail(f"{email} is not a member of {slug}")
+    ids = yield from keyword_ids(names)
+    if package is None:
+        yield Exec("DELETE FROM membership_keywords WHERE membership_id = ?", (mid,))
+        yield Many(
+            "INSERT INTO membership_keywords (membership_id, keyword_id) VALUES (?, ?)",
+            [(mid, k) for k in ids],
+        )
+        yield Exec("UPDATE memberships SET own_keywords = TRUE WHERE id = ?", (mid,))
+        return
+    pid = yield from package_id(package)
+    if pid is None:
+        raise UnknownPackage(package)
+    yield Exec(
+        "INSERT INTO membership_packages (membership_id, package_id, own_keywords) "
+        "VALUES (?, ?, TRUE) ON CONFLICT (membership_id, package_id) "
+        "DO UPDATE SET own_keywords = TRUE",
+        (mid, pid),
+    )
+    yield Exec(
+        "DELETE FROM membership_package_keywords WHERE membership_id = ? AND package_id = ?",
+        (mid, pid),
+    )
+    yield Many(
+        "INSERT INTO membership_package_keywords (membership_id, package_id, keyword_id) "
+        "VALUES (?, ?, ?)",
+        [(mid, pid, k) for k in ids],
+    )
+
+
+def mute_all_memberships(email: str):
+    """Mute every team membership of an address; fires with the slugs."""
+    eid = yield from email_id(email, create=False)
+    if eid is None:
+        return []
+    rows = yield Rows(
+        "SELECT t.slug FROM memberships m JOIN teams t ON t.id = m.team_id "
+        "WHERE m.email_id = ? AND NOT m.muted ORDER BY t.slug",
+        (eid,),
+    )
+    yield Exec("UPDATE memberships SET muted = TRUE WHERE email_id = ?", (eid,))
+    return [r[0] for r in rows]
