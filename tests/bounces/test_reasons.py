@@ -197,6 +197,39 @@ class TextTests(SynchronousTestCase):
         self.assertIn(classify(status, text, action=action), REASONS)
 
 
+class ProviderTests(SynchronousTestCase):
+    """
+    Error names and provider codes decide, whatever the words around them.
+    """
+
+    def test_codes(self):
+        """Exchange names, Gmail states and Orange, Cox and Spectrum codes give their reason."""
+        for status, text, reason in [
+            ("5.1.1", "#550 5.1.1 RESOLVER.ADR.RecipNotFound; not found ##", "userunknown"),
+            ("5.2.3", "550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for this"
+                      " recipient", "mesgtoobig"),
+            ("4.4.7", "550 4.4.7 QUEUE.Expired; message expired", "expired"),
+            (None, "The error that the other server returned was: 554 554 5.7.0 Header error"
+                   " (state 18).", "filtered"),
+            (None, "The error that the other server returned was: 550 550 5.2.2"
+                   " <jane@example.org>... Mailbox Full (state 14).", "mailboxfull"),
+            ("5.2.0", "550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]", "spamdetected"),
+            ("5.1.1", "550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient."
+                      " LPN416", "userunknown"),
+            ("4.0.0", "421 4.2.0 Service refuse. Veuillez essayer plus tard. OFR005_505 [505]",
+             "systemerror"),
+            ("5.5.0", "550 5.5.0 Adresse destinataire invalide. LPN007_416", "userunknown"),
+            ("5.1.0", "550 5.1.0 <bounces@tracker.example.org> sender rejected. AUP#CDRBL",
+             "blocked"),
+            ("5.1.0", "550 5.1.0 sender rejected. AUP#In-1310", "toomanyconn"),
+            ("5.7.509", "550 5.7.509 Access denied, sending domain example.org does not pass"
+                        " DMARC verification", "authfailure"),
+            ("4.7.650", "451 4.7.650 The mail server [192.0.2.5] has been temporarily rate"
+                        " limited due to IP reputation.", "badreputation"),
+        ]:
+            self.assertEqual(classify(status, text), reason, text)
+
+
 class CommandTests(SynchronousTestCase):
     """
     The SMTP command a diagnostic says was refused.

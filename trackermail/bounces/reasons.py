@@ -36,6 +36,7 @@ from trackermail.bounces.codes import (
     status_reason,
 )
 from trackermail.bounces.phrases import PHRASES, words
+from trackermail.bounces.providers import provider_reason
 
 __all__ = [
     "GONE",
@@ -82,33 +83,6 @@ _DEFINITE = {"rejected", "mailboxfull", "exceedlimit", "mesgtoobig", "hasmoved",
 # A status saying "unknown user" is not believed when the text says these.
 _NOT_UNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept",
                 "filtered", "speeding")
-# Microsoft Exchange's named errors ("#550 5.1.1 RESOLVER.ADR.RecipNotFound;
-# not found ##") say exactly what happened.
-_EXCHANGE_ERRORS = {
-    "resolver.adr.recipnotfound": "userunknown",
-    "resolver.adr.exrecipnotfound": "userunknown",
-    "resolver.adr.recipientnotfound": "userunknown",
-    "resolver.adr.reciplimit": "toomanyconn",
-    "resolver.adr.invalidinsmtp": "systemerror",
-    "resolver.adr.ambiguous": "systemerror",
-    "resolver.adr.badprimary": "systemerror",
-    "resolver.rst.authrequired": "securityerror",
-    "resolver.rst.notauthorized": "rejected",
-    "resolver.rst.recipsizelimit": "mesgtoobig",
-    "queue.expired": "expired",
-    "smtpsend.dns.nonexistentdomain": "hostunknown",
-    "smtpsend.dns.mxloopback": "networkerror",
-}
-_EXCHANGE_RE = re.compile(r"\b(%s)\b" % "|".join(re.escape(k) for k in _EXCHANGE_ERRORS))
-# Gmail's old reports end the remote reply with "(state N)": the point of
-# the SMTP session it failed at, and what that usually means.
-_GMAIL_STATES = {
-    "6": ("MAIL", "systemerror"), "8": ("AUTH", "systemerror"), "9": ("AUTH", "systemerror"),
-    "12": ("AUTH", "norelaying"), "13": ("EHLO", "blocked"), "14": ("RCPT", "userunknown"),
-    "15": ("DATA", "filtered"), "17": ("DATA", "filtered"), "18": ("DATA", "filtered"),
-}
-_GMAIL_STATE_RE = re.compile(r"\(state (\d{1,2})\)")
-
 # SMTP commands after which the message content has not been seen yet.
 _BEFORE_DATA = {"CONN", "HELO", "EHLO", "MAIL", "RCPT"}
 
@@ -243,24 +217,6 @@ def _proves(reason: str, text: str, by_status: Optional[str], command: Optional[
     return by_status == reason or _says(reason, text)
 
 
-def _named_error(text: str, status: Optional[str]) -> Optional[str]:
-    """
-    The reason an MTA's own error name or state gives: Exchange's
-    C{RESOLVER.ADR.RecipNotFound}, Gmail's C{(state 14)}.
-    """
-    m = _EXCHANGE_RE.search(text)
-    if m:
-        return _EXCHANGE_ERRORS[m.group(1)]
-    m = _GMAIL_STATE_RE.search(text)
-    if m and m.group(1) in _GMAIL_STATES:
-        parts = status_parts(status)
-        if parts and "0" not in parts[1:]:
-            # A precise status in the reply says more than the state.
-            return status_reason(status) or _GMAIL_STATES[m.group(1)][1]
-        return _GMAIL_STATES[m.group(1)][1]
-    return None
-
-
 def classify(status: Optional[str] = None, diagnostic: Optional[str] = "", *,
              action: Optional[str] = None, reply: Optional[str] = None,
              command: Optional[str] = None, diagnostic_type: Optional[str] = None) -> str:
@@ -299,7 +255,7 @@ def classify(status: Optional[str] = None, diagnostic: Optional[str] = "", *,
         dtype = "smtp"
     action = (action or "").strip().lower()
 
-    named = _named_error(text, status)
+    named = provider_reason(text, status)
     if named:
         return named
 
