@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.ingress import FQDN, FakeSpool, connect, replies
 from trackermail.ingress.lmtp import LMTPIngress
-from trackermail.ingress.server import build_lmtp_factory, build_smtp_factory
+from trackermail.ingress.service import build_lmtp_factory, build_smtp_factory
 from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 

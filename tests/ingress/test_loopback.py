@@ -188,7 +188,7 @@ import sys
 sys.path.insert(0, sys.argv[2])
 from twisted.internet import reactor
 from trackermail.config import config_from_dict
-from trackermail.ingress.server import build_lmtp_factory
+from trackermail.ingress.service import build_lmtp_factory
 from trackermail.ingress.spool import Spool
 config = config_from_dict({"tracker": {"fqdn": "tracker.example.org", "dev": True}},
                           warn=lambda m: None)

@@ -12,8 +12,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from trackermail.config import config_from_dict
 from trackermail.errors import ConfigError
 from trackermail.ingress.lmtp import LMTPIngress
-from trackermail.ingress.server import build_lmtp_factory, build_smtp_factory
-from trackermail.ingress.service import make_ingress_services, make_spool
+from trackermail.ingress.service import (
+    build_lmtp_factory,
+    build_smtp_factory,
+    make_ingress_services,
+    make_spool,
+)
 from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 

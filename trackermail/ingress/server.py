@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.ingress.test_limits -*-
 """
-What the ESMTP and LMTP servers share besides the protocol: their settings,
-the factory that counts connections and refuses the ones over the limits,
-the server TLS context, and building both factories from a Config.
+What the ESMTP and LMTP servers share besides the protocol: their settings
+(from a Config), the factory that counts connections and refuses the ones
+over the limits, the checks of MAIL's parameters, the server TLS context.
 """
 
 from __future__ import annotations
@@ -100,6 +100,32 @@ class IngressFactory(protocol.ServerFactory):
         return bool(limit) and self.connections >= STRESS_SHARE * limit
 
 
+def mail_parameters(opts: bytes | None, max_size: int) -> tuple[tuple[int, bytes] | None, int]:
+    """
+    Check the parameters of MAIL FROM (SIZE, BODY): C{(refusal, announced
+    size)}, where C{refusal} is the reply to send, or None when they are fine.
+    """
+    announced = 0
+    for word in (opts or b"").split():
+        key_bytes, _, value_bytes = word.partition(b"=")
+        try:
+            key, value = key_bytes.decode("ascii").upper(), value_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            return (555, b"5.5.4 Error: bad parameter"), 0
+        if key == "SIZE":
+            if not value.isdigit():
+                return (501, b"5.5.4 Bad SIZE parameter"), 0
+            announced = int(value)
+            if announced > max_size:
+                return (552, b"5.3.4 Message size exceeds fixed limit"), 0
+        elif key == "BODY":
+            if value.upper() not in ("7BIT", "8BITMIME"):
+                return (501, b"5.5.4 Bad BODY parameter"), 0
+        else:
+            return (555, b"5.5.4 Unsupported option: " + key.encode("ascii")), 0
+    return None, announced
+
+
 def tls_context_from_files(certificate: str, key: str) -> Any:
     """
     A server TLS context from PEM files, or None when either is empty.
@@ -142,24 +168,3 @@ def settings_from_config(config: Any, spool: Any, reactor: Any, tls: bool) -> In
         transaction_time=limits.transaction_time,
         min_data_rate=limits.min_data_rate,
     )
-
-
-def build_smtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
-    """
-    The ESMTP server factory for C{config} (STARTTLS when a certificate and
-    key are configured).
-    """
-    from trackermail.ingress.smtp import SMTPIngress
-
-    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=True))
-    factory.protocol = SMTPIngress
-    return factory
-
-
-def build_lmtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
-    """The LMTP server factory for C{config} (no STARTTLS: LMTP is local)."""
-    from trackermail.ingress.lmtp import LMTPIngress
-
-    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=False))
-    factory.protocol = LMTPIngress
-    return factory

@@ -10,7 +10,9 @@ from typing import Any
 from twisted.application.service import IService
 
 from trackermail.endpoints import ListeningService
-from trackermail.ingress.server import build_lmtp_factory, build_smtp_factory
+from trackermail.ingress.lmtp import LMTPIngress
+from trackermail.ingress.server import IngressFactory, settings_from_config
+from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 
 
@@ -36,3 +38,20 @@ def make_ingress_services(config: Any, spool: Spool, reactor: Any) -> list[IServ
         for description in config.lmtp.listen:
             services.append(ListeningService("lmtp", description, lmtp_factory, reactor))
     return services
+
+
+def build_smtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
+    """
+    The ESMTP server factory for C{config} (STARTTLS when a certificate and
+    key are configured).
+    """
+    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=True))
+    factory.protocol = SMTPIngress
+    return factory
+
+
+def build_lmtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
+    """The LMTP server factory for C{config} (no STARTTLS: LMTP is local)."""
+    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=False))
+    factory.protocol = LMTPIngress
+    return factory

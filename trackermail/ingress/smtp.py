@@ -32,6 +32,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.mail.smtp import COMMAND, DATA, ESMTP, Address, AddressError
 
+from trackermail.ingress.server import mail_parameters
 from trackermail.ingress.spool import Envelope, new_queue_id
 from trackermail.ingress.stamping import (
     DataDecoder,
@@ -392,16 +393,6 @@ class IngressProtocol(ESMTP):
             self._abort_transaction()
             self._restart_input = True
 
-    def _parse_params(self, opts: bytes | None) -> tuple[dict[str, str], str | None]:
-        params: dict[str, str] = {}
-        for word in (opts or b"").split():
-            key, _, value = word.partition(b"=")
-            try:
-                params[key.decode("ascii").upper()] = value.decode("ascii")
-            except UnicodeDecodeError:
-                return params, "5.5.4 Error: bad parameter"
-        return params, None
-
     def do_MAIL(self, rest: bytes) -> None:
         if self._need_hello:
             self.sendCode(503, b"5.5.1 Error: send EHLO first (after STARTTLS)")
@@ -419,27 +410,10 @@ class IngressProtocol(ESMTP):
         except (AddressError, UnicodeError):
             self.sendCode(501, b"5.1.7 Bad sender address syntax")
             return
-        params, error = self._parse_params(m.group("opts"))
-        if error:
-            self.sendCode(555, error.encode())
+        refusal, announced = mail_parameters(m.group("opts"), self.settings.max_message_size)
+        if refusal is not None:
+            self.sendCode(*refusal)
             return
-        announced = 0
-        for key, value in params.items():
-            if key == "SIZE":
-                if not value.isdigit():
-                    self.sendCode(501, b"5.5.4 Bad SIZE parameter")
-                    return
-                announced = int(value)
-                if announced > self.settings.max_message_size:
-                    self.sendCode(552, b"5.3.4 Message size exceeds fixed limit")
-                    return
-            elif key == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
-                    self.sendCode(501, b"5.5.4 Bad BODY parameter")
-                    return
-            else:
-                self.sendCode(555, b"5.5.4 Unsupported option: " + key.encode("ascii"))
-                return
         if not self._room_for(announced):
             self.sendCode(452, b"4.3.1 Insufficient system storage")
             return
