@@ -9,7 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.control import DAY, JANE, NOW, TOM, ControlMixin, backends, make_config
 from trackermail.store.budgets import budget_key
+from trackermail.store.confirmations import purge_confirmations
 from trackermail.store.outbox import delivery_rows
+from trackermail.store.sql import Rows, Value
 from trackermail.store.subscriptions import subscribe
 
 VICTIM = "victim@example.org"
@@ -194,6 +196,15 @@ class ReplyCapMixin(ControlMixin):
                                                    sender=TOM, msgid=f"<u{i}@x>")
             self.assertEqual(outcome.action, "replied")
             self.assertEqual(reply.lines, ["> which", f"{TOM} is not subscribed to any package."])
+
+    async def test_counters_of_past_days_are_purged(self):
+        """The hourly purge forgets the reply counts of earlier days, not today's."""
+        await self.control("which", msgid="<w1@x>")
+        await self.control("which", msgid="<w2@x>", now=NOW + DAY)
+        today = (await self.store.run(lambda: (yield Value("SELECT MAX(day) FROM control_replies"))))
+        await self.store.run(purge_confirmations, NOW + DAY, 3 * DAY, today)
+        days = await self.store.run(lambda: (yield Rows("SELECT day, sent FROM control_replies")))
+        self.assertEqual([tuple(r) for r in days], [(today, 1)])
 
     async def test_dropped_mails_queue_nothing(self):
         """A dropped mail over the cap leaves no delivery behind."""
