@@ -39,8 +39,6 @@ from trackermail.store.subscriptions import (
     unsubscribe_by_token,
 )
 
-#: 24 random bytes: 192 bits, 32 URL-safe characters.
-KEY_BYTES = 24
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 

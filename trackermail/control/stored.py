@@ -13,7 +13,7 @@ and it is checked again when it runs that OWNER still owns the team.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from trackermail.control import texts
 from trackermail.errors import InvalidValue, UnknownEmail, UnknownPackage, UnknownTeam
@@ -94,7 +94,7 @@ class Change:
             case _:
                 return None
         if owner:
-            change = cls(**{**change.__dict__, "owner": owner})
+            change = replace(change, owner=owner)
         return change
 
     @property
@@ -107,9 +107,9 @@ def describe(stored: list) -> str:
     change = Change.read(stored)
     if change is None:
         return " ".join(str(part) for part in stored)
-    command = texts.confirm_command(change.name, change.__dict__)
-    what = texts.confirm_what(change.name,
-                              change.__dict__ | {"names": ", ".join(change.keyword_names)})
+    fields = asdict(change)
+    command = texts.confirm_command(change.name, fields)
+    what = texts.confirm_what(change.name, fields | {"names": ", ".join(change.keyword_names)})
     if change.owner:
         what = texts.AS_OWNER.format(slug=change.slug, what=what)
     return f"{command}: {what}"
@@ -226,7 +226,7 @@ def _run_as_owner(session, key_email: str, change: Change):
         what = texts.REMOVED_MEMBER.format(email=e, slug=s)
     else:
         what = None
-    changed, lines = yield from _run_team(Change(**{**change.__dict__, "owner": ""}))
+    changed, lines = yield from _run_team(replace(change, owner=""))
     out.extend(lines)
     if changed:
         line = texts.NOTICE_LINE.format(owner=change.owner, slug=s, what=what or lines[0])

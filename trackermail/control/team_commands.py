@@ -14,6 +14,8 @@ C{add-team-member}.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from trackermail.control import texts
 from trackermail.control.session import (
     email_argument,
@@ -70,7 +72,7 @@ def _ask(session, team, change: Change, out):
     when the owner changes someone else's membership, the owner's.
     """
     if _is_owner(session, team) and not session.is_sender(change.email):
-        change = Change(**{**change.__dict__, "owner": team.owner})
+        change = replace(change, owner=team.owner)
         yield from session.request(team.owner, change.stored(), out)
     else:
         yield from session.request(change.email, change.stored(), out)
