@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.bounces.mails import BLOCKED, MAILBOX_FULL, USER_UNKNOWN, dsn
+from tests.support.corpus import corpus_message
 from tests.support.outbound import MemoryOutboundTransport
 from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
 from tests.test_metrics import Delta, series
@@ -273,6 +274,27 @@ class ReplayTests(PolicyCase):
         self.clock.now += DAY
         self.run(maintain, self.clock.now, self.processor.config)
         self.assertEqual(count(), 0)
+
+
+class CorpusTests(PolicyCase):
+    # Real bounces of the labelled corpus, one or two per reason group.
+    CASES = [
+        ("soe-lhost-amazonses-15.eml", "kijitora@neko.example.com", "blocked", "refused"),
+        ("soe-lhost-postfix-62.eml", "nyaan@libsisimai.org", "virusdetected", "refused"),
+        ("soe-lhost-postfix-16.eml", "kijitora@example.go.jp", "hasmoved", "counted"),
+        ("flufl-simple_07.txt", "william.xxxx@sbcglobal.net", "mailboxfull", "recorded"),
+        ("soe-lhost-gmail-07.eml", "kijitora@example.ed.jp", "systemerror", "recorded"),
+    ]
+
+    def test_real_bounces_by_reason_group(self):
+        """Real bounces of each reason group get their group's effect."""
+        for name, rcpt, reason, action in self.CASES:
+            self.run(subscribe, rcpt, "dpkg")
+            self.sent_today(rcpt)
+            raw = corpus_message(name).read_bytes()
+            outcome = deliver(self, self.processor, self.address(rcpt), raw)
+            self.assertEqual((outcome.action, outcome.fields.get("reason")), (action, reason),
+                             name)
 
 
 class SenderMetricsTests(SynchronousTestCase):
