@@ -5,6 +5,7 @@ to subscribed addresses, when the bounce is hard.
 """
 
 import datetime
+import tomllib
 
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,11 +14,33 @@ from tests.bounces.mails import BLOCKED, MAILBOX_FULL, USER_UNKNOWN, dsn
 from tests.support.pipeline import FQDN, deliver, make_pipeline
 from trackermail.bounces.legacy import LegacyVerp, decode_legacy
 from trackermail.bounces.verp import InvalidVerp
+from trackermail.config import config_from_dict
+from trackermail.errors import ConfigError
 from trackermail.store.bounce_stats import bounce_stats, record_sent
 from trackermail.store.subscriptions import subscribe, subscriptions_of, unsubscribe_all
 
 DAY = 86400
 TODAY = datetime.date(2026, 11, 18)  # the pipeline's clock
+
+
+class SettingTests(SynchronousTestCase):
+    def test_settings(self):
+        """The new [bounces] settings have defaults, take a TOML date, and refuse bad values."""
+        config = config_from_dict({"tracker": {"fqdn": FQDN, "secret_key": "k"}})
+        self.assertEqual((config.bounces.max_days_tolerate_soft,
+                          config.bounces.legacy_verp_until), (14, ""))
+        toml = tomllib.loads("[bounces]\nlegacy_verp_until = 2026-12-01\n")
+        config = config_from_dict(dict(toml, tracker={"fqdn": FQDN, "secret_key": "k"}))
+        self.assertEqual(config.bounces.legacy_verp_until, "2026-12-01")
+        for bad, message in [
+            ({"legacy_verp_until": "next week"},
+             "[bounces] legacy_verp_until: expected a date YYYY-MM-DD, got 'next week'"),
+            ({"max_days_tolerate_soft": 0},
+             "[bounces] max_days_tolerate_soft: must be at least 1"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                config_from_dict({"tracker": {"fqdn": FQDN, "secret_key": "k"}, "bounces": bad})
+            self.assertEqual(str(caught.exception), message)
 
 
 class DecodeLegacyTests(SynchronousTestCase):

@@ -10,8 +10,9 @@ smarthost at RCPT) does to the address it names.
 - A bounce for one copy counts once: the copy its address names
   (L{trackermail.bounces.verp.VerpInfo.copy}) is recorded, and a second
   bounce for it (a replay, a DSN after the smarthost refused the copy) is
-  ignored. Version-1 addresses name no copy; their bounces are told apart
-  by the Message-ID of the returned message when it is there.
+  ignored. Version-1 addresses and distro-tracker's name no copy; their
+  bounces are told apart by the day, the address and the Message-ID of the
+  returned message when the bounce has it (else each bounce counts).
 - Each bounce gets a reason and an effect (L{trackermail.bounces.verdict}
   has the table):
 

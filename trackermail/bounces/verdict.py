@@ -36,8 +36,10 @@ I{effect}):
     nothing but bounces. The other reasons are soft too: C{expired} (a
     destination unreachable for the days of a mail queue's retries; one
     that stays so for two weeks of mail is as good as gone),
-    C{filtered}, C{systemerror}, C{systemfull}, C{networkerror},
-    C{mailererror} (the recipient's system fails, maybe for now), and a
+    C{filtered} (refused after the message was sent, often an unknown
+    user behind a filter; Sisimai calls it soft too), C{systemerror},
+    C{systemfull}, C{networkerror}, C{mailererror} (the recipient's system
+    fails, maybe for now), and a
     C{policyviolation} that does not name our mail (the recipient's
     organisation refuses outside mail: lasting, but not proof the address
     is gone).
@@ -115,8 +117,9 @@ def is_delay_warning(analysis, email: Optional[str] = None) -> bool:
     delivered, and its real bounce would come later).
     """
     r = _recipient(analysis, email)
-    if r is not None:
-        return (r.action or "").lower().startswith("delay")
+    action = (r.action or "").strip().lower() if r is not None else ""
+    if action:
+        return action.startswith("delay")
     return bool(analysis.delay_warning)
 
 
