@@ -327,3 +327,23 @@ class SenderMetricsTests(SynchronousTestCase):
         self.assertEqual(delta("trackermail_bounces_total", reason="blocked", kind="hard",
                                outcome="refused"), 1)
         self.assertEqual(delta("trackermail_bounces_counted_total"), 0)
+
+
+class DomainLabelTests(SynchronousTestCase):
+    def test_domain_labels_are_capped(self):
+        """Past 50 refusing domains, refusals count under domain="other"."""
+        from trackermail import metrics
+
+        self.patch(metrics, "_domains_labelled", set())
+        domains = [f"d{i}.example" for i in range(51)]
+        delta = Delta(*[series("trackermail_refusals_by_domain_total", domain=d,
+                               reason="blocked") for d in domains + ["other"]])
+        for d in domains:
+            metrics.bounce_handled({"reason": "blocked", "kind": "hard", "group": "ours",
+                                    "domain": d}, "refused")
+        self.assertEqual(delta("trackermail_refusals_by_domain_total", domain="d49.example",
+                               reason="blocked"), 1)
+        self.assertEqual(delta("trackermail_refusals_by_domain_total", domain="d50.example",
+                               reason="blocked"), 0)
+        self.assertEqual(delta("trackermail_refusals_by_domain_total", domain="other",
+                               reason="blocked"), 1)
