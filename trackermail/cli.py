@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trackermail import cli_admin, cli_mail, cli_outbox, importer
+from trackermail import cli_admin, cli_bounces, cli_mail, cli_outbox, importer
 from trackermail.cli_support import (
     config_from_args,
     error,
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for module in (cli_admin, importer, cli_mail, cli_outbox):
+    for module in (cli_admin, importer, cli_mail, cli_outbox, cli_bounces):
         module.register(add)
     return parser
 

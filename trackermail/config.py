@@ -11,6 +11,7 @@ C{[smtp] listen: expected a list of endpoint strings}.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import secrets
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -104,6 +105,10 @@ class LimitsSection:
 @dataclass(frozen=True)
 class BouncesSection:
     max_days_tolerate_bounce: int = 4
+    # Mail days of nothing but bounces (mailbox full, ...) before unsubscription.
+    max_days_tolerate_soft: int = 14
+    # "YYYY-MM-DD": until then, count bounces to distro-tracker's VERP addresses.
+    legacy_verp_until: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,9 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         return tuple(value)
     if isinstance(default, str):
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            # A bare TOML date (legacy_verp_until = 2026-12-01).
+            return value.isoformat()
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -230,6 +238,16 @@ def _check(config: Config, require_fqdn: bool) -> None:
         raise ConfigError("[smtp] tls_certificate: needs tls_key too (and the other way round)")
     if config.bounces.max_days_tolerate_bounce < 1:
         raise ConfigError("[bounces] max_days_tolerate_bounce: must be at least 1")
+    if config.bounces.max_days_tolerate_soft < 1:
+        raise ConfigError("[bounces] max_days_tolerate_soft: must be at least 1")
+    until = config.bounces.legacy_verp_until
+    if until:
+        try:
+            datetime.date.fromisoformat(until)
+        except ValueError:
+            raise ConfigError(
+                f"[bounces] legacy_verp_until: expected a date YYYY-MM-DD, got {until!r}"
+            ) from None
 
 
 def config_from_dict(

@@ -234,10 +234,13 @@ def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
 
 
 def _verp_signer(ctx):
-    """encode(email, email_id) -> the VERP envelope sender of today's copy."""
+    """
+    sign(email, email_id) -> the VERP envelope sender of today's copy. Each
+    signer draws its own copy token, so every copy of the fan-out (one
+    per recipient) has an identity its bounces name.
+    """
     day = datetime.fromtimestamp(ctx.now, timezone.utc).date()
-    secret, fqdn = ctx.config.tracker.secret_key, ctx.fqdn
-    return lambda email, email_id: verp.encode(email, day, secret, fqdn, email_id)
+    return verp.signer(day, ctx.config.tracker.secret_key, ctx.fqdn)
 
 
 class _UnsubscribeLines:

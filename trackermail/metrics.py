@@ -23,6 +23,16 @@ Series (all prefixed C{trackermail_}):
     C{failed}.
   - C{bounces_counted_total}, C{confirmations_sent_total},
     C{unsubscribed_by_bounce_total}, C{unsubscribed_by_link_total}.
+  - C{bounces_total{reason,kind,outcome}}: bounces with a reason (DSNs to
+    VERP addresses and smarthost refusals), by reason (C{userunknown},
+    C{blocked}, ...), C{kind} (C{hard} or C{soft}: how the copy failed) and
+    what the policy did (C{counted}, C{recorded}, C{refused},
+    C{unsubscribed}, C{ignored}: a copy that had already bounced).
+  - C{refusals_by_domain_total{domain,reason}}: copies a destination
+    domain refused for reasons of ours (blocked, spam, reputation ...): a
+    rate above zero means that domain refuses our mail. At most
+    L{MAX_DOMAIN_LABELS} domains get their own label, the first seen; the
+    rest count as C{domain="other"}.
   - At scrape time: C{spool_messages{state}} (C{new}, C{failed},
     C{broken}), C{outbox_deliveries{state}} (C{queued}, C{sending},
     C{failed}), C{outbox_oldest_due_age_seconds} (how late the most
@@ -52,6 +62,8 @@ __all__ = [
     "processing_failed",
     "deliveries",
     "bounce_counted",
+    "bounce_handled",
+    "bounce_results",
     "confirmation_sent",
     "unsubscribed_by_bounce",
     "unsubscribed_by_link",
@@ -92,6 +104,16 @@ _deliveries = Counter(
 _bounces = Counter(
     "trackermail_bounces_counted", "Hard bounces counted against an address.",
     registry=REGISTRY,
+)
+_bounce_events = Counter(
+    "trackermail_bounces",
+    "Bounces by reason, hard or soft, and what the policy did.",
+    ["reason", "kind", "outcome"], registry=REGISTRY,
+)
+_refusals = Counter(
+    "trackermail_refusals_by_domain",
+    "Copies a destination domain refused for reasons of ours, by domain and reason.",
+    ["domain", "reason"], registry=REGISTRY,
 )
 _confirmations = Counter(
     "trackermail_confirmations_sent", "Confirmation (CONFIRM key) mails queued.",
@@ -139,6 +161,8 @@ def processed(service: str, action: str, seconds: float,
         bounce_counted()
         if action == "unsubscribed":
             unsubscribed_by_bounce()
+    if service == "bounces":
+        bounce_handled(fields or {}, action)
     confirmations = (fields or {}).get("confirmations")
     if isinstance(confirmations, int) and not isinstance(confirmations, bool):
         confirmation_sent(confirmations)
@@ -157,6 +181,49 @@ def deliveries(sent: int = 0, retried: int = 0, failed: int = 0) -> None:
 def bounce_counted(n: int = 1) -> None:
     if n > 0:
         _bounces.inc(n)
+
+
+MAX_DOMAIN_LABELS = 50
+_LABEL_MAX = 64
+_domains_labelled: set[str] = set()
+
+
+def _label(value: Any, default: str) -> str:
+    text = str(value) if value else default
+    return text[:_LABEL_MAX]
+
+
+def bounce_handled(fields: Mapping[str, Any], outcome: str) -> None:
+    """
+    A bounce with a reason was handled (C{fields} as the bounce policy's
+    outcome carries them: C{reason}, C{kind}, C{group}, C{domain}); nothing
+    for bounces that got no reason (not a bounce, forged, too old).
+    """
+    reason = fields.get("reason")
+    if not reason:
+        return
+    kind = "hard" if fields.get("kind") == "hard" else "soft"
+    _bounce_events.labels(reason=_label(reason, "undefined"), kind=kind,
+                          outcome=_label(outcome, "unknown")).inc()
+    if fields.get("group") == "ours" and outcome == "refused":
+        domain = _label(fields.get("domain"), "other").lower()
+        if domain not in _domains_labelled:
+            if len(_domains_labelled) >= MAX_DOMAIN_LABELS:
+                domain = "other"
+            else:
+                _domains_labelled.add(domain)
+        _refusals.labels(domain=domain, reason=_label(reason, "undefined")).inc()
+
+
+def bounce_results(results: Iterable[Any]) -> None:
+    """
+    What the smarthost hook did for each refused copy (its results: None,
+    or an action string with the outcome's C{fields}).
+    """
+    for result in results:
+        fields = getattr(result, "fields", None)
+        if result and fields:
+            bounce_handled(fields, str(result))
 
 
 def confirmation_sent(n: int = 1) -> None:

@@ -16,9 +16,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from trackermail.bounces.policy import maintain as maintain_bounces
 from trackermail.config import Config, load_config
 from trackermail.errors import ConfigError
-from trackermail.store.bounce_stats import trim_all_bounce_stats
 from trackermail.store.confirmations import purge_confirmations
 
 log = Logger()
@@ -296,10 +296,9 @@ class MaintenanceService(service.Service):
         today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
         expiry = self.config.control.confirmation_expiry_days * 86400
         confirmations = await store.run(purge_confirmations, now, expiry, today)
-        stats = await store.run(trim_all_bounce_stats,
-                                self.config.bounces.max_days_tolerate_bounce)
+        stats = await store.run(maintain_bounces, now, self.config)
         log.info("maintenance: removed {confirmations} expired confirmations and "
-                 "{stats} old bounce stats", confirmations=confirmations, stats=stats)
+                 "{stats} old bounce records", confirmations=confirmations, stats=stats)
 
 
 def _maintenance(top, config: Config, store_service: StoreService, reactor) -> None:

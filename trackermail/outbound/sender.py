@@ -307,6 +307,7 @@ class OutboxSender(service.Service):
         metrics.deliveries(sent=len(ok), retried=len(retry), failed=len(failed))
         metrics.bounce_counted(sum(1 for b in bounced if b in ("counted", "unsubscribed")))
         metrics.unsubscribed_by_bounce(bounced.count("unsubscribed"))
+        metrics.bounce_results(bounced)
         for delivery, when, code, text in retry:
             log.info("delivery to {rcpt} deferred ({code} {text}); next try in {delay:.0f}s",
                      rcpt=delivery.recipient, code=code, text=text, delay=when - now)
