@@ -86,11 +86,12 @@ def run_with_store(config: Config, body: Callable, migrate: bool = False) -> int
 async def check_schema(store) -> None:
     from trackermail.store import schema
 
-    version = await store.run(current_version, store.dialect)
-    if version < schema.latest_version():
+    pending = await store.run(schema.pending_versions, store.dialect)
+    if pending:
+        version = await store.run(current_version, store.dialect)
         raise CommandError(
-            f"the database is at schema version {version}, not "
-            f"{schema.latest_version()}: run 'trackermail migrate' first"
+            f"the database is at schema version {version} and lacks "
+            f"{', '.join(str(v) for v in pending)}: run 'trackermail migrate' first"
         )
 
 
