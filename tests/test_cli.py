@@ -410,7 +410,7 @@ class AnalyzeBounceCommandTests(SynchronousTestCase):
         result = run("analyze-bounce", dsn, auto)
         self.assertEqual(result.returncode, 0, result.stderr)
         first, second = [json.loads(line) for line in result.stdout.splitlines()]
-        self.assertEqual(set(first), {"file", "bounce", "score", "hard", "recipients", "status"})
+        self.assertEqual(set(first), {"file", "bounce", "score", "hard", "recipients", "status", "details"})
         self.assertEqual((first["file"], first["bounce"]), (dsn, True))
         self.assertIn("alice@example.net", first["recipients"])
         self.assertEqual((second["bounce"], second["recipients"]), (False, []))

@@ -183,7 +183,7 @@ def cmd_requeue(args, config):
 
 
 def cmd_analyze_bounce(args, config):
-    from trackermail.bounces.analyzer import analyze_bounce_main
+    from trackermail.bounces.report import analyze_bounce_main
 
     return analyze_bounce_main(args.files, sys.stdout)
 
