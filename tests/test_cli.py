@@ -362,15 +362,17 @@ class SpoolCommandTests(SynchronousTestCase):
         self.assertEqual(mbox.returncode, 0, mbox.stderr)
 
     def test_deliver_keeps_mail_queued_when_not_configured(self):
-        """Without a recipient or an fqdn deliver exits 78 (EX_CONFIG): the MTA retries."""
+        """Without a recipient, an fqdn or a good config deliver exits 75: the MTA retries."""
         result = self.cli("deliver", stdin=b"Subject: x\n\nx\n", env={"RECIPIENT": ""})
         self.assertEqual((result.returncode, result.stderr),
-                         (78, b"trackermail: no recipient: give one, or set RECIPIENT\n"))
+                         (75, b"trackermail: no recipient: give one, or set RECIPIENT\n"))
         result = subprocess.run(
             [sys.executable, "-m", "trackermail.cli", "--database",
              f"sqlite:///{self.dir}/t.sqlite", "deliver", "control@tracker.example.org"],
             input=b"Subject: x\n\nx\n", capture_output=True, timeout=120, cwd=self.dir)
-        self.assertEqual(result.returncode, 78, result.stderr)
+        self.assertEqual((result.returncode, result.stderr),
+                         (75, b"trackermail: [tracker] fqdn: required to tell our addresses "
+                              b"from others\n"))
         bad = os.path.join(self.dir, "bad.toml")
         with open(bad, "w") as f:
             f.write("[spool]\npath = 5\n")
@@ -379,7 +381,7 @@ class SpoolCommandTests(SynchronousTestCase):
              "control@tracker.example.org"],
             input=b"Subject: x\n\nx\n", capture_output=True, timeout=120)
         self.assertEqual((result.returncode, result.stderr),
-                         (78, b"trackermail: [spool] path: expected a string, got 5\n"))
+                         (75, b"trackermail: [spool] path: expected a string, got 5\n"))
 
     def test_status_requeue_and_outbox(self):
         """status counts parked mail; requeue moves it back; outbox shows the queue."""

@@ -14,7 +14,6 @@ import sys
 import time
 
 from trackermail.cli_support import (
-    EX_CONFIG,
     EX_DATAERR,
     EX_NOUSER,
     EX_TEMPFAIL,
@@ -73,8 +72,9 @@ def cmd_deliver(args, config):
     MTA pipe transport: one message on stdin into the spool, with sysexits
     status for the MTA: 0 once it is durable; 67 (EX_NOUSER, bounced) for
     an address that is not ours; 65 (EX_DATAERR, bounced) for input that
-    is no mail; 75 (EX_TEMPFAIL, retried) when it cannot be stored; 78
-    (EX_CONFIG, retried) when the tracker is not configured to tell.
+    is no mail; 75 (EX_TEMPFAIL, retried) when it cannot be stored, and
+    also when the tracker is not configured to tell (a mistake of ours must
+    not bounce people's mail: Postfix bounces EX_CONFIG).
     """
     from trackermail.ingress.spool import Spool
     from trackermail.routing import Rejection, route_address
@@ -90,10 +90,10 @@ def cmd_deliver(args, config):
         "RECIPIENT", "")
     if not recipient:
         error("no recipient: give one, or set RECIPIENT")
-        return EX_CONFIG
+        return EX_TEMPFAIL
     if not config.tracker.fqdn:
         error("[tracker] fqdn: required to tell our addresses from others")
-        return EX_CONFIG
+        return EX_TEMPFAIL
     try:
         route_address(recipient, config.tracker.fqdn, config.tracker.accept_unqualified)
     except Rejection as e:
@@ -196,8 +196,8 @@ def register(add) -> None:
             "MTA pipe: store one message from stdin in the spool (exit 0 stored, "
             "67 unknown recipient, 65 not a mail, 75 try again later)")
     p.add_argument("recipient", nargs="?", help="the delivery address (else $RECIPIENT)")
-    # A configuration the MTA cannot fix: keep the mail queued (EX_CONFIG).
-    p.set_defaults(config_error_status=EX_CONFIG)
+    # A broken configuration is ours to fix: the MTA keeps the mail meanwhile.
+    p.set_defaults(config_error_status=EX_TEMPFAIL)
     add("status", cmd_status, "show spool and outbox counts, ages and retries")
     p = add("requeue", cmd_requeue, "move failed/ or broken/ messages back to new/")
     p.add_argument("where", choices=["failed", "broken"])

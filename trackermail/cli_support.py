@@ -22,7 +22,6 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOUSER = 67
 EX_TEMPFAIL = 75
-EX_CONFIG = 78
 # What a tool killed by SIGPIPE reports: its reader went away (`| head`).
 EXIT_PIPE_CLOSED = 141
 
