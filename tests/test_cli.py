@@ -195,6 +195,18 @@ class TwistdErrorTests(SynchronousTestCase):
                            "trackermail: [tracker] fqdn: required (the domain the tracker "
                            "receives mail for)")
 
+    def test_tac_bad_config_names_the_key(self):
+        """twistd -ny tracker.tac with a bad file is the same one line."""
+        path = os.path.join(self.dir, "bad.toml")
+        with open(path, "w") as f:
+            f.write('[tracker]\nfqdn = "t.example.org"\ndev = true\n[outbound]\n'
+                    'starttls = "maybe"\n')
+        result = subprocess.run([TWISTD, "-n", "--pidfile=", "-y", TAC], capture_output=True,
+                                text=True, timeout=60, cwd=self.dir,
+                                env=dict(os.environ, TRACKERMAIL_CONFIG=path))
+        self.assertOneLine(result, "trackermail: [outbound] starttls: expected no, "
+                                   "opportunistic or required, got 'maybe'")
+
     def test_port_in_use(self):
         """A port already in use names the key and the endpoint."""
         import socket
