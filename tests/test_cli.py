@@ -10,6 +10,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from trackermail.ingress.spool import open_message
 from trackermail.sources import read_index
 
 
@@ -329,15 +330,15 @@ class SpoolCommandTests(SynchronousTestCase):
             env=dict(os.environ, **(env or {})))
 
     def test_deliver_stores_durably(self):
-        """deliver puts stdin into spool/new with Delivered-To and exits 0."""
+        """deliver puts stdin into spool/new with its envelope and exits 0."""
         result = self.cli("deliver", "control@tracker.example.org",
                           stdin=b"Subject: hi\n\nbody\n", env={"SENDER": "a@example.net"})
         self.assertEqual(result.returncode, 0, result.stderr)
         [name] = os.listdir(os.path.join(self.dir, "spool", "new"))
-        with open(os.path.join(self.dir, "spool", "new", name), "rb") as f:
-            data = f.read()
-        self.assertIn(b"Delivered-To: control@tracker.example.org\n", data)
-        self.assertTrue(data.endswith(b"Subject: hi\n\nbody\n"))
+        message = open_message(os.path.join(self.dir, "spool", "new", name))
+        self.assertEqual(message.envelope.recipients, ("control@tracker.example.org",))
+        self.assertEqual(message.envelope.sender, "a@example.net")
+        self.assertEqual(message.head(1000), b"Subject: hi\n\nbody\n")
 
     def test_deliver_tempfails_when_the_spool_cannot_be_written(self):
         """deliver exits 75 (EX_TEMPFAIL) so the MTA retries when it cannot store."""

@@ -7,7 +7,6 @@ reading bounces.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -37,7 +36,7 @@ def cmd_process(args, config):
         code = 0
         for path in args.files:
             try:
-                outcome = await processor.process_file(path)
+                outcomes = await processor.process_file(path)
             except PermanentFailure as e:
                 print(f"{path}: failed: {e}")
                 code = 1
@@ -45,7 +44,8 @@ def cmd_process(args, config):
                 print(f"{path}: temporary failure: {e}")
                 code = 1
             else:
-                print(f"{path}: {outcome.action} {outcome.detail}".rstrip())
+                for outcome in outcomes:
+                    print(f"{path}: {outcome.action} {outcome.detail}".rstrip())
         return code
 
     return run_with_store(config, body)
@@ -115,44 +115,20 @@ def cmd_deliver(args, config):
     return 0
 
 
-def _spool_counts(config: Config) -> dict:
-    def count(sub):
-        path = os.path.join(config.spool.path, sub)
-        try:
-            names = [n for n in os.listdir(path) if not n.endswith(".reason")]
-        except FileNotFoundError:
-            return 0, None
-        oldest = None
-        for n in names:
-            try:
-                m = os.stat(os.path.join(path, n)).st_mtime
-            except OSError:
-                continue
-            oldest = m if oldest is None else min(oldest, m)
-        return len(names), oldest
-
-    return {sub: count(sub) for sub in ("new", "failed", "broken")}
-
-
 def cmd_status(args, config):
     now = time.time()
-    counts = _spool_counts(config)
+    from trackermail.ingress.spool import retry_states, spool_counts
+
     print(f"spool {os.path.abspath(config.spool.path)}")
-    for sub, (n, oldest) in counts.items():
-        print(f"  {sub:<7} {n:>6}  oldest {format_age(oldest, now)}")
-    retry_dir = os.path.join(config.spool.path, "retry")
-    try:
-        states = sorted(os.listdir(retry_dir))
-    except FileNotFoundError:
-        states = []
-    for name in states[:20]:
+    for sub, (n, oldest) in spool_counts(config.spool.path).items():
+        print(f"  {sub:<7} {'-' if n is None else n:>6}  oldest {format_age(oldest, now)}")
+    for name, state in retry_states(config.spool.path)[:20]:
         try:
-            with open(os.path.join(retry_dir, name), encoding="utf-8") as f:
-                state = json.load(f)
-            print(f"  retry {name}: {state.get('attempts')} failed attempts, next in "
-                  f"{format_age(now, state.get('next', now))}: {state.get('reason', '')}".rstrip(": "))
-        except (OSError, ValueError, AttributeError):
-            continue
+            next_try = float(state.get("next", now))
+        except (TypeError, ValueError):
+            next_try = now
+        print(f"  retry {name}: {state.get('attempts')} failed attempts, next in "
+              f"{format_age(now, next_try)}: {state.get('reason', '')}".rstrip(": "))
 
     async def body(store):
         summary = await store.run(outbox_summary, now)

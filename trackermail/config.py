@@ -90,6 +90,16 @@ class OutboundSection:
 @dataclass(frozen=True)
 class LimitsSection:
     max_message_size: int = 25 * 1024 * 1024
+    # SMTP and LMTP: connections over these get 421 at once.
+    max_connections: int = 200
+    max_connections_per_ip: int = 50
+    max_recipients: int = 1000
+    # Seconds a client may stay silent between commands (10 s when 80% of
+    # max_connections are taken), a whole transaction may last (MAIL to the
+    # final dot), and the slowest average data rate (bytes/s) after 30 s.
+    idle_timeout: int = 300
+    transaction_time: int = 600
+    min_data_rate: int = 1024
 
 
 @dataclass(frozen=True)

@@ -252,27 +252,6 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     return deliveries
 
 
-_OUR_ENVELOPE_LINE = re.compile(rb"(?:Return-Path|Delivered-To):[^\n]*\n", re.I)
-
-
-def _body_without_envelope_line(raw: bytes) -> bytes:
-    """
-    The message as it is forwarded: without an mbox "From " line, and
-    without the Return-Path and Delivered-To lines the spool put on top.
-    Those describe the delivery to us; on a copy in transit a Return-Path
-    is wrong (the final MTA adds its own) and our Delivered-To would make
-    a copy that comes back to another of our addresses look like it was
-    delivered to two of them.
-    """
-    start = _message_start(raw)
-    for _ in range(2):
-        match = _OUR_ENVELOPE_LINE.match(raw, start)
-        if match is None:
-            break
-        start = match.end()
-    return raw[start:] if start else raw
-
-
 def _about(packages: Sequence[str], keyword: str | None) -> tuple[str, dict]:
     """
     C{dpkg/bts} (a few packages, then how many more) for a log line, and
@@ -321,7 +300,7 @@ def handle_dispatch(incoming, ctx):
                                 create_package=draft.create_package)
         news_count += 1
 
-    raw = _body_without_envelope_line(incoming.raw)
+    raw = incoming.raw
     seen: set[int] = set()
     deliveries = []
     for package in found.packages:
@@ -330,7 +309,7 @@ def handle_dispatch(incoming, ctx):
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
     if deliveries:
-        yield from enqueue(raw, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now)
         yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
@@ -365,11 +344,10 @@ def handle_team(incoming, ctx):
                        f"automatic mail about a package ({text}): it reaches teams through dispatch",
                        {"packages": list(found.packages), **about, "team": slug})
     rows = yield from team_member_ids(slug)
-    raw = _body_without_envelope_line(incoming.raw)
-    deliveries = plan_deliveries(ctx, raw, msg, [(e, i, slug) for e, i in rows],
+    deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
-        yield from enqueue(raw, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now)
         yield from record_sent_ids([i for _, i in rows], ctx.today)
     if not deliveries:
         return Outcome("dropped", f"nobody in team {slug} wants it (no unmuted members)",

@@ -31,7 +31,6 @@ Series (all prefixed C{trackermail_}):
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Mapping
 
 from prometheus_client import (
@@ -179,33 +178,17 @@ def unsubscribed_by_link(n: int = 1) -> None:
 # Scrape-time state
 
 
-def _count(directory: str, skip_suffix: str | None = None) -> int:
-    n = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            if skip_suffix and name.endswith(skip_suffix):
-                continue
-            n += 1
-    return n
-
-
 def spool_depth(spool_path: str) -> dict[str, int | None]:
     """
-    Messages in the spool's C{new/}, C{failed/} and C{broken/} (the reason
-    files next to parked messages are not messages). A directory that
-    cannot be read gives None for its state.
+    Messages in the spool's C{new/}, C{failed/} and C{broken/}; a directory
+    that cannot be read gives None for its state.
     """
-    depth: dict[str, int | None] = {}
-    for state in ("new", "failed", "broken"):
-        try:
-            depth[state] = _count(os.path.join(spool_path, state),
-                                  None if state == "new" else ".reason")
-        except OSError:
-            depth[state] = None
-    return depth
+    from trackermail.ingress.spool import spool_counts
+
+    try:
+        return {state: n for state, (n, _) in spool_counts(spool_path).items()}
+    except OSError:
+        return {"new": None, "failed": None, "broken": None}
 
 
 class StateSnapshot:

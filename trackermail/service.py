@@ -281,18 +281,17 @@ def build_processor(config: Config, store, reactor=None, ready=None):
 
 
 def _mail_engine(top, config: Config, store_service: StoreService, reactor) -> None:
-    from trackermail.ingress.service import (
-        make_ingress_services,
-        make_spool,
-        make_spool_watcher,
-    )
+    from trackermail.ingress.service import make_ingress_services, make_spool
+    from trackermail.processing import SpoolWatcher
 
     spool = make_spool(config, reactor)
     processor = build_processor(config, store_service.store, reactor,
                                 ready=store_service.when_ready)
     top.processor = processor
     top.spool = spool
-    watcher = make_spool_watcher(config, spool, processor.process_file, reactor)
+    watcher = SpoolWatcher(spool, processor.process_file, clock=reactor,
+                           concurrency=config.spool.concurrency,
+                           rescan_interval=config.spool.rescan_interval)
     watcher.setName("spool")
     watcher.setServiceParent(top)
     for svc in make_ingress_services(config, spool, reactor):

@@ -7,6 +7,7 @@ from email.message import EmailMessage
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.corpus import corpus_message
 from trackermail.bounces.analyzer import (
     BounceAnalyzer,
     FailedRecipient,
@@ -14,7 +15,6 @@ from trackermail.bounces.analyzer import (
     detect,
 )
 from trackermail.bounces.report import analyze_file
-from tests.support.corpus import corpus_message
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

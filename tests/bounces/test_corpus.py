@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.bounces.analyzer import detect
 from tests.support.corpus import corpus_labels
+from trackermail.bounces.analyzer import detect
 
 
 def _address(value) -> str:

@@ -7,7 +7,12 @@ import email
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.bounces.formats import cut_original, ses_recipients, text_about, text_recipients
+from trackermail.bounces.formats import (
+    cut_original,
+    ses_recipients,
+    text_about,
+    text_recipients,
+)
 
 POSTFIX = """This is the mail system at host mx.example.org.
 

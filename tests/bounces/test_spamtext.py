@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.bounces.spamtext import is_spam_rejection
 from tests.support.corpus import corpus_labels
+from trackermail.bounces.spamtext import is_spam_rejection
 
 _EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "300"))
 hsettings = settings(max_examples=_EXAMPLES, deadline=None, database=None)

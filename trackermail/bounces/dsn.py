@@ -22,6 +22,7 @@ from trackermail.bounces.mime import (
 )
 from trackermail.bounces.reasons import classify, judge_hard, smtp_command
 
+
 @dataclass(frozen=True)
 class FailedRecipient:
     """

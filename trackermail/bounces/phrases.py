@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+
 def words(*alternatives: str) -> re.Pattern:
     """
     One pattern matching any of C{alternatives} (regular expressions).

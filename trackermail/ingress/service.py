@@ -1,19 +1,17 @@
 # -*- test-case-name: tests.ingress.test_service -*-
 """
-Wiring helpers: the listening services and the spool watcher for a Config.
+Wiring helpers: the spool and the listening services for a Config.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
 
 from trackermail.endpoints import ListeningService
-from trackermail.ingress.lmtp import build_lmtp_factory
-from trackermail.ingress.smtp import build_smtp_factory
-from trackermail.ingress.spool import Spool, SpoolWatcher
+from trackermail.ingress.server import build_lmtp_factory, build_smtp_factory
+from trackermail.ingress.spool import Spool
 
 
 def make_spool(config: Any, reactor: Any) -> Spool:
@@ -38,18 +36,3 @@ def make_ingress_services(config: Any, spool: Spool, reactor: Any) -> list[IServ
         for description in config.lmtp.listen:
             services.append(ListeningService("lmtp", description, lmtp_factory, reactor))
     return services
-
-
-def make_spool_watcher(config: Any, spool: Spool, process: Callable[[str], Deferred],
-                       reactor: Any) -> SpoolWatcher:
-    """
-    The watcher feeding C{spool} to C{process} with the configured
-    concurrency and rescan interval.
-    """
-    return SpoolWatcher(
-        spool,
-        process,
-        clock=reactor,
-        concurrency=config.spool.concurrency,
-        rescan_interval=config.spool.rescan_interval,
-    )
