@@ -8,10 +8,13 @@ reading bounces.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 from trackermail.cli_support import (
+    EX_DATAERR,
+    EX_NOUSER,
     EX_TEMPFAIL,
     CommandError,
     error,
@@ -54,22 +57,54 @@ def _processing_config(config: Config) -> Config:
     return config
 
 
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+def looks_like_mail(data: bytes) -> bool:
+    """Whether C{data} starts like a message: a header field (after an mbox From line)."""
+    if data.startswith(b"From "):
+        data = data.partition(b"\n")[2]
+    return bool(_HEADER_LINE.match(data))
+
+
 def cmd_deliver(args, config):
     """
-    MTA pipe transport: one message on stdin into the spool. Exit 0 only
-    once it is durable; 75 (EX_TEMPFAIL, the MTA retries) otherwise.
+    MTA pipe transport: one message on stdin into the spool, with sysexits
+    status for the MTA: 0 once it is durable; 67 (EX_NOUSER, bounced) for
+    an address that is not ours; 65 (EX_DATAERR, bounced) for input that
+    is no mail; 75 (EX_TEMPFAIL, retried) when it cannot be stored, and
+    also when the tracker is not configured to tell (a mistake of ours must
+    not bounce people's mail: Postfix bounces EX_CONFIG).
     """
     from trackermail.ingress.spool import Spool
+    from trackermail.routing import Rejection, route_address
 
-    data = sys.stdin.buffer.read()
+    # Read everything first: an MTA writing into a pipe we left would
+    # report a write error instead of our status.
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as e:
+        error(f"cannot read standard input: {e.strerror or e}")
+        return EX_TEMPFAIL
     recipient = args.recipient or os.environ.get("ORIGINAL_RECIPIENT") or os.environ.get(
         "RECIPIENT", "")
-    if not data.strip():
-        error("empty message on standard input")
-        return 1
     if not recipient:
         error("no recipient: give one, or set RECIPIENT")
-        return 1
+        return EX_TEMPFAIL
+    if not config.tracker.fqdn:
+        error("[tracker] fqdn: required to tell our addresses from others")
+        return EX_TEMPFAIL
+    try:
+        route_address(recipient, config.tracker.fqdn, config.tracker.accept_unqualified)
+    except Rejection as e:
+        error(f"{recipient}: not an address of this tracker ({e.text})")
+        return EX_NOUSER
+    if not data.strip():
+        error("empty message on standard input")
+        return EX_DATAERR
+    if not looks_like_mail(data):
+        error("standard input is not a mail message (it does not start with a header)")
+        return EX_DATAERR
     try:
         spool = Spool(config.spool.path, fsync=config.spool.fsync)
         path = spool.deliver_sync(data, recipient, os.environ.get("SENDER"))
@@ -134,8 +169,11 @@ def register(add) -> None:
     p = add("process", cmd_process, "run mail files through the processor once")
     p.add_argument("files", nargs="+", metavar="FILE")
     p = add("deliver", cmd_deliver,
-            "MTA pipe: store one message from stdin in the spool (exit 75 on failure)")
+            "MTA pipe: store one message from stdin in the spool (exit 0 stored, "
+            "67 unknown recipient, 65 not a mail, 75 try again later)")
     p.add_argument("recipient", nargs="?", help="the delivery address (else $RECIPIENT)")
+    # A broken configuration is ours to fix: the MTA keeps the mail meanwhile.
+    p.set_defaults(config_error_status=EX_TEMPFAIL)
     add("status", cmd_status, "show spool and outbox counts, ages and retries")
     p = add("requeue", cmd_requeue, "move failed/ or broken/ messages back to new/")
     p.add_argument("where", choices=["failed", "broken"])

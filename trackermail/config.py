@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import secrets
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -315,3 +316,72 @@ def load_config(path: str | None, overrides: Mapping[str, Mapping[str, Any]] = {
             raise ConfigError(f"[{section}]: expected a table")
         target.update(values)
     return config_from_dict(raw, require_fqdn=require_fqdn, warn=warn)
+
+
+# ---------------------------------------------------------------------------
+# Finding the file, and checks only a running tracker needs.
+
+CONFIG_ENVIRONMENT = "TRACKERMAIL_CONFIG"
+DEFAULT_CONFIG_FILE = "tracker.toml"
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                cwd: str | None = None) -> str | None:
+    """
+    The configuration file to read, the same way for C{trackermail},
+    C{twistd -n tracker} and C{tracker.tac}: C{--config} (C{explicit}),
+    else C{$TRACKERMAIL_CONFIG}, else C{./tracker.toml} when it exists,
+    else None (built-in defaults).
+
+    A file named by the option or the variable must exist; L{load_config}
+    says so when it does not.
+    """
+    if explicit:
+        return explicit
+    environ = os.environ if environ is None else environ
+    named = environ.get(CONFIG_ENVIRONMENT, "")
+    if named:
+        return named
+    local = DEFAULT_CONFIG_FILE if cwd is None else os.path.join(cwd, DEFAULT_CONFIG_FILE)
+    return local if os.path.isfile(local) else None
+
+
+class _NoReactor:
+    """Endpoint parsers only store their reactor: parsing needs none."""
+
+
+# Endpoint types whose port number Twisted only checks when it listens.
+_PORT_RANGE = range(0, 65536)
+
+
+def check_endpoints(config: Config) -> None:
+    """
+    Parse every listening endpoint string, so that a typo is a one-line
+    error naming its key before anything starts, not a traceback later.
+
+    @raise ConfigError: C{[smtp] listen: bad endpoint 'tcp:99999': ...}
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    for section in ("smtp", "lmtp", "http"):
+        for description in getattr(config, section).listen:
+            where = f"[{section}] listen: bad endpoint {description!r}"
+            try:
+                endpoint = serverFromString(_NoReactor(), description)
+            except Exception as e:
+                hint = ""
+                if description.isdigit():
+                    hint = f" (a port alone is not an endpoint: write tcp:{description})"
+                raise ConfigError(f"{where}: {_reason(e)}{hint}")
+            # TCP endpoints keep their port in _port; Twisted itself only
+            # checks its range when it listens, with an OverflowError.
+            port = getattr(endpoint, "_port", None)
+            if isinstance(port, int) and port not in _PORT_RANGE:
+                raise ConfigError(f"{where}: port {port} is not between 0 and 65535")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        name = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{name}"
+    return " ".join(str(error).split()) or type(error).__name__

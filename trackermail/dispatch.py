@@ -316,26 +316,43 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     return deliveries
 
 
+def _about(packages: Sequence[str], keyword: str | None) -> tuple[str, dict]:
+    """
+    C{dpkg/bts} (a few packages, then how many more) for a log line, and
+    the C{package}/C{keyword} fields that say the same for tools.
+    """
+    names = [p for p in packages if p]
+    shown = [f"{p}/{keyword}" if keyword else p for p in names[:3]]
+    if len(names) > 3:
+        shown.append(f"{len(names) - 3} more")
+    fields = {"package": ",".join(names), "keyword": keyword or ""}
+    return ", ".join(shown) or (keyword or ""), fields
+
+
 def handle_dispatch(incoming, ctx):
     """
     Store program for mail to C{dispatch[+PKG[_KW]]@} (and unqualified
-    C{PKG[_KW]@}): classify, record news, fan out.
+    C{PKG[_KW]@}): classify, record news, fan out. Every drop says why and
+    about what (fields C{package} and C{keyword}).
     """
 
     msg = incoming.msg
-    if has_dispatch_loop(msg, ctx.fqdn):
-        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
     route = incoming.route
+    address_package = getattr(route, "package", None)
+    address_keyword = getattr(route, "keyword", None)
+    _, addressed = _about([address_package or ""], address_keyword)
+    if has_dispatch_loop(msg, ctx.fqdn):
+        return Outcome("dropped", f"a loop: it carries X-Loop: dispatch@{ctx.fqdn}", addressed)
     try:
-        found = classify(msg, ctx.vendor, getattr(route, "package", None),
-                         getattr(route, "keyword", None))
+        found = classify(msg, ctx.vendor, address_package, address_keyword)
     except SkipMessage as e:
-        return Outcome("dropped", f"the vendor rules skip it ({e})")
+        return Outcome("dropped", f"the vendor rules skip it ({e})", addressed)
+    text, about = _about(found.packages, found.keyword)
     if not found.packages:
-        return Outcome("dropped", "no package could be found for it")
+        return Outcome("dropped", "no package could be found for it", about)
     if not found.approved:
-        return Outcome("dropped", "default mail that is not approved",
-                       {"packages": list(found.packages)})
+        return Outcome("dropped", f"default mail that is not approved ({text})",
+                       {"packages": list(found.packages), **about})
 
     news_count = 0
     for draft in news_for(msg, incoming.raw, found, ctx.vendor):
@@ -360,8 +377,8 @@ def handle_dispatch(incoming, ctx):
         yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
-        f"to {len(deliveries)} recipients" if deliveries else "nobody wants it",
-        {"packages": list(found.packages), "keyword": found.keyword,
+        f"to {len(deliveries)} recipients" if deliveries else f"nobody wants {text}",
+        {"packages": list(found.packages), **about,
          "recipients": len(deliveries), "news": news_count},
     )
 
@@ -375,24 +392,29 @@ def handle_team(incoming, ctx):
 
     msg = incoming.msg
     slug = getattr(incoming.route, "team", None) or ""
+    where = {"team": slug, "keyword": "contact"}
     if has_dispatch_loop(msg, ctx.fqdn):
-        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
+        return Outcome("dropped", f"a loop: it carries X-Loop: dispatch@{ctx.fqdn}", where)
     team = yield from get_team(slug)
     if team is None:
-        return Outcome("dropped", f"there is no team {slug!r}")
+        return Outcome("dropped", f"there is no team {slug!r}", where)
     try:
         found = classify(msg, ctx.vendor)
     except SkipMessage as e:
-        return Outcome("dropped", f"the vendor rules skip it ({e})")
+        return Outcome("dropped", f"the vendor rules skip it ({e})", where)
     if found.packages:
-        return Outcome("dropped", "automatic mail about a package",
-                       {"packages": list(found.packages)})
+        text, about = _about(found.packages, found.keyword)
+        return Outcome("dropped",
+                       f"automatic mail about a package ({text}): it reaches teams through dispatch",
+                       {"packages": list(found.packages), **about, "team": slug})
     rows = yield from team_member_ids(slug)
     deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
         yield from enqueue(incoming.whole, deliveries, ctx.now)
         yield from record_sent_ids([i for _, i in rows], ctx.today)
-    return Outcome("forwarded" if deliveries else "dropped",
-                   f"to {len(deliveries)} members of {slug}",
-                   {"team": slug, "recipients": len(deliveries)})
+    if not deliveries:
+        return Outcome("dropped", f"nobody in team {slug} wants it (no unmuted members)",
+                       {**where, "recipients": 0})
+    return Outcome("forwarded", f"to {len(deliveries)} members of {slug}",
+                   {**where, "recipients": len(deliveries)})

@@ -51,7 +51,12 @@ from twisted.logger import Logger
 from trackermail.bounces import legacy, verp
 from trackermail.bounces.analyzer import detect
 from trackermail.bounces.mime import header
-from trackermail.bounces.verdict import Verdict, from_analysis, from_reply, is_delay_warning
+from trackermail.bounces.verdict import (
+    Verdict,
+    from_analysis,
+    from_reply,
+    is_delay_warning,
+)
 from trackermail.errors import InvalidValue
 from trackermail.handling import Outcome
 from trackermail.message import build_mail
