@@ -186,7 +186,6 @@ class RefusalLogTests(SynchronousTestCase):
     def test_refused_recipient_logged(self):
         """A refused recipient is logged with the address, the sender, the client and why."""
         from twisted.logger import globalLogPublisher
-        from twisted.python.log import theLogPublisher  # noqa: F401  (trial's publisher)
 
         events = []
         globalLogPublisher.addObserver(events.append)
