@@ -23,7 +23,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.support.tracker import start_tracker
-from trackermail.store.subscriptions import subscribe, subscriptions_of, unsubscribe_token
+from trackermail.store.subscriptions import (
+    subscribe,
+    subscriptions_of,
+    unsubscribe_token,
+)
 
 CHROMIUM = shutil.which("chromium")
 FQDN = "tracker.example.org"

@@ -9,7 +9,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.control import JANE, TOM, ControlMixin, backends
-from tests.support.pipeline import FQDN, deliver, make_config, make_pipeline, outbox, parse
+from tests.support.pipeline import (
+    FQDN,
+    deliver,
+    make_config,
+    make_pipeline,
+    outbox,
+    parse,
+)
 from trackermail.dispatch import forward_headers, header_prefix, plan_deliveries
 from trackermail.handling import Context
 from trackermail.signing import subscription_token

@@ -132,7 +132,7 @@ def run_stored(session, key_email: str, stored):
 
 
 def _run(session, change: Change):
-    e, p, s = change.email, change.package, change.slug
+    e, p = change.email, change.package
     match change.name:
         case "subscribe":
             new = yield from subscribe(e, p, now=session.now)

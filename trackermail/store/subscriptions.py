@@ -11,6 +11,12 @@ import secrets
 from typing import Iterable, NamedTuple, Sequence
 
 from trackermail.errors import UnknownPackage
+from trackermail.signing import (
+    InvalidToken,
+    parse_subscription_token,
+    subscription_token,
+    subscription_token_matches,
+)
 from trackermail.store.emails import email_id
 from trackermail.store.keywords import (
     apply_keyword_op,
@@ -18,12 +24,6 @@ from trackermail.store.keywords import (
     keyword_ids,
 )
 from trackermail.store.packages import ensure_package, package_id
-from trackermail.signing import (
-    InvalidToken,
-    parse_subscription_token,
-    subscription_token,
-    subscription_token_matches,
-)
 from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import normalize_email
 

@@ -10,7 +10,11 @@ from typing import Iterable
 
 from trackermail.errors import AlreadyExists, UnknownEmail, UnknownPackage, UnknownTeam
 from trackermail.store.emails import email_id
-from trackermail.store.keywords import apply_keyword_op, default_keywords_of, keyword_ids
+from trackermail.store.keywords import (
+    apply_keyword_op,
+    default_keywords_of,
+    keyword_ids,
+)
 from trackermail.store.packages import package_id
 from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import check_slug, normalize_email
