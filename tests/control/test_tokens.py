@@ -91,6 +91,28 @@ class RoundTripTests(SynchronousTestCase):
                       " to dpkg", parse(data).get_content())
         self.assertEqual(self.run(subscriptions_of, "alice@example.org"), ["apt", "dpkg"])
 
+    def test_mailto_after_an_import_reactivates(self):
+        """
+        An import that ends and starts a subscription again (inactive, then
+        active in the export) also kills the links of its earlier life.
+        """
+        from trackermail.store.importing import import_batch
+        from trackermail.store.sql import Exec
+
+        deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
+        [(_, _, data)] = self.new_mail()
+        to, subject = mailto_of(parse(data))
+
+        def deactivate():
+            yield Exec("UPDATE subscriptions SET active = FALSE")
+
+        self.run(deactivate)
+        self.run(import_batch, {"dpkg": {"alice@example.org": "alice@example.org"}}, 0.0)
+        self.send(to, subject)
+        [(_, _, data)] = self.new_mail()
+        self.assertIn("is not valid for a current subscription", parse(data).get_content())
+        self.assertEqual(self.run(subscriptions_of, "alice@example.org"), ["dpkg"])
+
     def test_each_copy_its_own_token(self):
         """Two subscribers' copies carry different tokens; each ends its own subscription."""
         self.run(subscribe, "bob@example.org", "dpkg")

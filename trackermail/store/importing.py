@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from trackermail.store.sql import Exec, Many, Rows
+from trackermail.store.subscriptions import new_salt
 
 # Rows per "IN (...)" lookup: far below SQLite's and PostgreSQL's limits.
 _IN_CHUNK = 500
@@ -201,7 +202,7 @@ def _import_subscriptions(subscriptions: Sequence[tuple], now: float):
         found = existing.get((eid, pid))
         if found is None:
             created += 1
-            upserts.append((eid, pid, bool(active), bool(own), now))
+            upserts.append((eid, pid, bool(active), bool(own), now, new_salt()))
             if wanted:
                 want_sets[(eid, pid)] = wanted
             continue
@@ -211,12 +212,17 @@ def _import_subscriptions(subscriptions: Sequence[tuple], now: float):
         if flags_differ or set_differs:
             updated += 1
         if flags_differ:
-            upserts.append((eid, pid, bool(active), bool(own), now))
+            upserts.append((eid, pid, bool(active), bool(own), now, new_salt()))
         if set_differs:
             want_sets[(eid, pid)] = wanted
-    yield Many("INSERT INTO subscriptions (email_id, package_id, active, own_keywords, created) "
-               "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO UPDATE SET "
-               "active = excluded.active, own_keywords = excluded.own_keywords", upserts)
+    # A subscription that starts (again) gets a new token salt, so that the
+    # unsubscribe links of an earlier life of it do not work.
+    yield Many("INSERT INTO subscriptions "
+               "(email_id, package_id, active, own_keywords, created, token_salt) "
+               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO UPDATE SET "
+               "active = excluded.active, own_keywords = excluded.own_keywords, "
+               "token_salt = CASE WHEN excluded.active AND NOT subscriptions.active "
+               "THEN excluded.token_salt ELSE subscriptions.token_salt END", upserts)
     if want_sets:
         rows = yield from _select_in(
             "SELECT id, email_id, package_id FROM subscriptions WHERE email_id IN ({marks})",
@@ -424,20 +430,17 @@ def import_batch(batch: Mapping[str, Mapping[str, str]], now: float):
             eid = email_ids[lower]
             found = existing.get((eid, pid))
             if found is None:
-                new_rows.append((eid, pid, True, now))
+                new_rows.append((eid, pid, True, now, new_salt()))
             elif found[1]:
                 already += 1
             else:
                 reactivate.append(found[0])
     yield Many(
-        "INSERT INTO subscriptions (email_id, package_id, active, created) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
+        "INSERT INTO subscriptions (email_id, package_id, active, created, token_salt) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
         new_rows,
     )
-    for chunk in _chunks(sorted(reactivate)):
-        yield Exec(
-            "UPDATE subscriptions SET active = ? "
-            f"WHERE id IN ({_marks(len(chunk))})",
-            [True, *chunk],
-        )
+    for sid in sorted(reactivate):
+        yield Exec("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
+                   (True, new_salt(), sid))
     return len(new_rows) + len(reactivate), already

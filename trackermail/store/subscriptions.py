@@ -28,7 +28,8 @@ from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import normalize_email
 
 
-def _new_salt() -> str:
+def new_salt() -> str:
+    """A fresh token salt: drawn whenever a subscription starts (again)."""
     return secrets.token_urlsafe(9)
 
 
@@ -48,7 +49,7 @@ def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
         yield Exec(
             "INSERT INTO subscriptions (email_id, package_id, active, created, token_salt) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
-            (eid, pid, bool(active), now, _new_salt()),
+            (eid, pid, bool(active), now, new_salt()),
         )
         return True
     if bool(row[1]) == bool(active):
@@ -56,7 +57,7 @@ def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
     # Starting again is a new subscription: the links of its earlier life
     # must not work for it.
     yield Exec("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
-               (bool(active), _new_salt(), row[0]))
+               (bool(active), new_salt(), row[0]))
     return True
 
 
