@@ -28,7 +28,6 @@ _NOT_YET_SPLIT = {
     "trackermail/bounces/analyzer.py",
     "trackermail/ingress/smtp.py",
     "trackermail/ingress/spool.py",
-    "trackermail/outbound/client.py",
 }
 _SQL_NOT_YET_MOVED: set[str] = set()
 

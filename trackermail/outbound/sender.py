@@ -253,7 +253,7 @@ class OutboxSender(service.Service):
         now = self.clock.seconds()
         ok, retry, failed = [], [], []
         for delivery, result in zip(batch, results):
-            code, text = result.get(delivery.recipient, (451, "4.3.0 no result"))
+            code, text = result.get(delivery.recipient, (451, "4.3.0 no result"))[:2]
             if 200 <= code < 300:
                 ok.append(delivery.id)
             elif 400 <= code < 500 and now - delivery.created < self.give_up:
