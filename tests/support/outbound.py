@@ -353,6 +353,56 @@ class SinkServer(Protocol):
         return b"%d %s\r\n" % (code, text.encode())
 
 
+class SlowSinkFactory(SinkFactory):
+    """
+    A sink that takes C{delay} seconds to accept each message, like a busy
+    smarthost: the end-of-data reply (and everything after it) waits.
+    """
+
+    def __init__(self, delay: float, clock=None, **kwargs):
+        super().__init__(**kwargs)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.delay = delay
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        self.connections += 1
+        p = SlowSinkServer(self, self.connections)
+        self.protocols.append(p)
+        return p
+
+
+class SlowSinkServer(SinkServer):
+    def __init__(self, factory, number):
+        super().__init__(factory, number)
+        self.backlog = b""
+        self.paused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.backlog += data
+        self._process()
+
+    def _process(self) -> None:
+        while not self.paused and self.transport is not None:
+            end = self.backlog.find(b"\r\n")
+            if end < 0:
+                return
+            line, self.backlog = self.backlog[:end + 2], self.backlog[end + 2:]
+            if self.in_data and line == b".\r\n":
+                self.paused = True
+                self.factory.clock.callLater(self.factory.delay, self._accept)
+                return
+            SinkServer.dataReceived(self, line)
+
+    def _accept(self) -> None:
+        self.paused = False
+        if self.transport is None or not self.transport.connected:
+            return
+        SinkServer.dataReceived(self, b".\r\n")
+        self._process()
+
+
 def _parse_path(rest: bytes) -> tuple[str, list[str]]:
     rest = rest.strip()
     end = rest.find(b">")
