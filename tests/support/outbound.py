@@ -171,6 +171,7 @@ class SinkFactory(Factory):
     sink that handles pipelined input, for loopback tests and the bench.
 
     @ivar replies: address -> (code, text) for MAIL FROM / RCPT TO.
+    @ivar mail_reply: (code, text) for any other MAIL FROM (None: accept).
     @ivar data_reply: the end-of-data reply.
     """
 
@@ -184,6 +185,8 @@ class SinkFactory(Factory):
         self.keep = keep
         self.auth = auth
         self.replies: dict[str, tuple[int, str]] = {}
+        # The reply to every MAIL FROM not in replies (None: accept).
+        self.mail_reply: Optional[tuple[int, str]] = None
         self.data_reply = (250, "2.0.0 Ok: queued")
         self.messages: list[ReceivedMessage] = []
         self.count = 0
@@ -312,7 +315,7 @@ class SinkServer(Protocol):
             if self.mail_from is not None:
                 return b"503 5.5.1 nested MAIL command\r\n"
             addr, params = _parse_path(line[10:])
-            code, text = f.replies.get(addr, (250, "2.1.0 Ok"))
+            code, text = f.replies.get(addr, f.mail_reply or (250, "2.1.0 Ok"))
             if code == 250:
                 self.mail_from = addr
                 self.mail_params = params
