@@ -6,6 +6,7 @@ nodes.
 """
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.outbound import MemoryOutboundTransport
@@ -159,10 +160,22 @@ class SenderTests(SenderMixin, SynchronousTestCase):
 
         self.transport.send = lambda *a: fail(RuntimeError("boom"))
         self.enqueue("a@example.org")
-        self.start()
+        with capturedLogs() as events:
+            self.start()
         rows = self.successResultOf(self.store.run(delivery_rows))
         self.assertEqual(rows[0][2:5], ("queued", 1, 451))
         self.assertIn("boom", rows[0][5])
+        [event] = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual((event["rcpt"], event["error"]), ("a@example.org", "boom"))
+
+    def test_stop_before_the_store_is_ready(self):
+        """A sender stopped while its store never became ready stops at once."""
+        from twisted.internet.defer import Deferred
+
+        sender = self.make_sender(ready=Deferred)
+        sender.startService()
+        self.successResultOf(sender.stopService())
+        self.assertEqual(self.transport.sent, [])
 
 
 class GroupCommitTests(SenderMixin, SynchronousTestCase):

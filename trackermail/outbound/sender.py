@@ -111,6 +111,7 @@ class OutboxSender(service.Service):
         self._progress: Deferred | None = None
         self._renewal: task.LoopingCall | None = None
         self._loop: Deferred | None = None
+        self._stopping: Deferred = Deferred()
         self._idle_waiters: list[Deferred] = []
         self._pending_wake = False
         self.sent = self.retried = self.failed = 0
@@ -129,12 +130,15 @@ class OutboxSender(service.Service):
         super().startService()
         self.bodies.open()
         self.recorder.running = True
+        self._stopping = Deferred()
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(lambda f: log.failure("outbox sender stopped", f))
 
     def stopService(self):
         super().stopService()
         self.bodies.close()
+        if not self._stopping.called:
+            self._stopping.callback(None)
         self.wake()
         d = self._loop if self._loop is not None else defer.succeed(None)
         self._loop = None
@@ -160,7 +164,9 @@ class OutboxSender(service.Service):
 
     async def _run(self):
         if self._ready is not None:
-            await self._ready()
+            # The store may never become ready: a stop must still end this.
+            await defer.DeferredList([self._ready(), self._stopping], fireOnOneCallback=True,
+                                     consumeErrors=True)
         if not await self._release_own_claims():
             return
         await self.store.listen("outbox", self.wake)

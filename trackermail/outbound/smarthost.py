@@ -185,8 +185,9 @@ class SmarthostWatch:
     def _accepted(self) -> None:
         if self._held:
             self.release_all(BOUNCE)
-        self._run_key = None
-        self._run_domains = set()
+        if self._run_key is not None:
+            self._run_key = None
+            self._run_domains = set()
         if self.refusing is not None:
             log.info("smarthost {peer} accepts mail again after {seconds:.0f} s of refusals"
                      " ({reason})", peer=self.peer, reason=self.refusing,

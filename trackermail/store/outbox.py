@@ -113,7 +113,7 @@ class OutboxReport:
     failed: list[ErrorGroup]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """
     What became of one claimed delivery, as the sender records it.
