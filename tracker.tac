@@ -1,16 +1,9 @@
 # twistd -ny tracker.tac
-# Reads the configuration named by TRACKERMAIL_CONFIG (default: tracker.toml).
-import os
-import sys
-
+# Finds its configuration like `trackermail` and `twistd -n tracker`:
+# $TRACKERMAIL_CONFIG, else ./tracker.toml, else the built-in defaults.
 from twisted.application import service
 
-from trackermail.config import load_config
-from trackermail.service import buildService
+from trackermail.service import service_config, twistd_service
 
-_config = load_config(
-    os.environ.get("TRACKERMAIL_CONFIG", "tracker.toml"),
-    warn=lambda msg: sys.stderr.write(f"trackermail: warning: {msg}\n"),
-)
 application = service.Application("tracker")
-buildService(_config).setServiceParent(application)
+twistd_service(service_config()).setServiceParent(application)

@@ -47,14 +47,15 @@ def serve_tracker(kind: str, spool_dir: str, fsync: bool) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from trackermail.config import config_from_dict
-    from trackermail.ingress.lmtp import build_lmtp_factory
-    from trackermail.ingress.smtp import build_smtp_factory
+    from trackermail.ingress.service import build_lmtp_factory, build_smtp_factory
     from trackermail.ingress.spool import Spool
 
     # Log like a deployment would, to a file.
     logfile = open(os.path.join(spool_dir, "server.log"), "a")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
-    config = config_from_dict({"tracker": {"fqdn": FQDN, "dev": True}}, warn=lambda m: None)
+    # The benchmark's clients all come from 127.0.0.1, up to 50 at once.
+    config = config_from_dict({"tracker": {"fqdn": FQDN, "dev": True},
+                               "limits": {"max_connections_per_ip": 0}}, warn=lambda m: None)
     spool = Spool(os.path.join(spool_dir, "spool"), fsync=fsync, reactor=reactor,
                   sync_method=os.environ.get("BENCH_SYNC_METHOD", "auto"))
     build = build_lmtp_factory if kind == "lmtp" else build_smtp_factory

@@ -79,3 +79,55 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.smtp.listen, ("tcp:2600", "unix:/tmp/x"))
         self.assertEqual(config.database.url, "postgresql:///x")
         self.assertEqual(config.tracker.secret_key, "k")
+
+
+class FindConfigTests(SynchronousTestCase):
+    def setUp(self):
+        import os
+
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.local = os.path.join(self.dir, "tracker.toml")
+
+    def test_option_then_environment_then_local_file(self):
+        """--config wins, then $TRACKERMAIL_CONFIG, then ./tracker.toml, then nothing."""
+        from trackermail.config import find_config
+
+        env = {"TRACKERMAIL_CONFIG": "/etc/trackermail/tracker.toml"}
+        self.assertIsNone(find_config(None, {}, cwd=self.dir))
+        with open(self.local, "w") as f:
+            f.write("")
+        self.assertEqual(find_config(None, {}, cwd=self.dir), self.local)
+        self.assertEqual(find_config(None, env, cwd=self.dir), "/etc/trackermail/tracker.toml")
+        self.assertEqual(find_config("x.toml", env, cwd=self.dir), "x.toml")
+        self.assertEqual(find_config(None, {"TRACKERMAIL_CONFIG": ""}, cwd=self.dir),
+                         self.local)
+
+
+class EndpointCheckTests(SynchronousTestCase):
+    def check(self, section, *endpoints):
+        from trackermail.config import check_endpoints
+
+        config = Config().replace(**{section: {"listen": list(endpoints)}})
+        check_endpoints(config)
+
+    def test_good_endpoints_pass(self):
+        """TCP, TCP6 and UNIX endpoint strings pass without a reactor or a socket."""
+        self.check("smtp", "tcp:2525:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1")
+        self.check("lmtp", "unix:/run/trackermail/lmtp:mode=660")
+
+    def test_bad_endpoints_name_key_and_value(self):
+        """A bad endpoint is one line naming the key and the string."""
+        for section, endpoint, message in [
+            ("smtp", "tcp:99999", "[smtp] listen: bad endpoint 'tcp:99999': "
+                                  "port 99999 is not between 0 and 65535"),
+            ("lmtp", "2424", "[lmtp] listen: bad endpoint '2424': Unknown endpoint type: "
+                             "'2424' (a port alone is not an endpoint: write tcp:2424)"),
+            ("http", "tcp:80:bogus=1", "[http] listen: bad endpoint 'tcp:80:bogus=1': "
+                                       "_parseTCP() got an unexpected keyword argument 'bogus'"),
+            ("smtp", "tcp:x", "[smtp] listen: bad endpoint 'tcp:x': "
+                              "invalid literal for int() with base 10: 'x'"),
+        ]:
+            with self.assertRaises(ConfigError) as e:
+                self.check(section, endpoint)
+            self.assertEqual(str(e.exception), message)

@@ -24,7 +24,7 @@ class CrashTests(SynchronousTestCase):
         self.dir = self.tracker.dir
         self.db = os.path.join(self.dir, "tracker.sqlite")
         self.tracker.cli("migrate")
-        self.tracker.cli("subscribe", "pkg", "jane@example.org")
+        self.tracker.cli("subscribe", "--create", "pkg", "jane@example.org")
 
     def start(self):
         self.tracker.start()

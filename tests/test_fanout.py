@@ -118,7 +118,7 @@ class DispatchFanoutTests(SynchronousTestCase):
         plain = b"From: a@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
         outcome = deliver(self, self.processor, f"dispatch+hello@{FQDN}", plain)
         self.assertEqual((outcome.action, outcome.detail),
-                         ("dropped", "default mail that is not approved"))
+                         ("dropped", "default mail that is not approved (hello/default)"))
         outcome = deliver(self, self.processor, f"dispatch+hello@{FQDN}",
                           b"X-Distro-Tracker-Approved: yes\r\n" + plain)
         self.assertEqual(outcome.action, "forwarded")
@@ -130,6 +130,20 @@ class DispatchFanoutTests(SynchronousTestCase):
         outcome = deliver(self, self.processor, f"dispatch+hello_vcs@{FQDN}",
                           b"From: a@example.net\r\nSubject: commit\r\n\r\ndiff\r\n")
         self.assertEqual((outcome.action, outcome.fields["keyword"]), ("forwarded", "vcs"))
+
+    def test_drop_log_says_what_nobody_wants(self):
+        """A mail nobody wants is logged as such, with package, keyword and service."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        outcome = deliver(self, self.processor, f"dispatch@{FQDN}", BUG_MAIL)
+        self.assertEqual((outcome.action, outcome.detail), ("dropped", "nobody wants dpkg/bts"))
+        [event] = [e for e in events if e.get("action") == "dropped"]
+        self.assertEqual((event["package"], event["keyword"], event["service"]),
+                         ("dpkg", "bts", "dispatch"))
+        self.assertIn("dropped nobody wants dpkg/bts", formatEvent(event))
 
     def test_no_package_is_dropped(self):
         """Mail to dispatch@ with no package is dropped and logged."""
@@ -217,7 +231,8 @@ class TeamMailTests(SynchronousTestCase):
         """Mail that classifies to a package is dropped from team+SLUG@."""
         outcome = deliver(self, self.processor, f"team+qa@{FQDN}", BUG_MAIL)
         self.assertEqual((outcome.action, outcome.detail),
-                         ("dropped", "automatic mail about a package"))
+                         ("dropped", "automatic mail about a package (dpkg/bts): "
+                                     "it reaches teams through dispatch"))
 
     def test_unknown_team_is_dropped(self):
         """Mail to an unknown team is dropped and logged."""

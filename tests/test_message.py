@@ -112,3 +112,33 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(msg["Content-Transfer-Encoding"], "8bit")
         self.assertEqual(msg.get_content().strip(), "caf\u00e9")
         self.assertTrue(msg["Message-ID"].endswith("@tracker.example.org>"))
+
+    def test_non_ascii_subject_and_names(self):
+        """Non-ASCII subjects and display names are RFC 2047 encoded and read back intact."""
+        data = build_mail(fqdn="tracker.example.org", from_="control@tracker.example.org",
+                          to="J\u00fcrgen <j@example.org>", cc=["x@example.org"],
+                          subject="Re: caf\u00e9 =?not-encoded?=", body="ok\n", now=0)
+        self.assertTrue(data.split(b"\r\n\r\n")[0].isascii())
+        msg = parse(data)
+        self.assertEqual(msg["Subject"], "Re: caf\u00e9 =?not-encoded?=")
+        self.assertEqual(msg["To"].addresses[0].display_name, "J\u00fcrgen")
+        self.assertEqual(msg["Cc"], "x@example.org")
+
+    def test_long_header_folded(self):
+        """A long References field is folded into lines of reasonable length."""
+        refs = " ".join(f"<{i}.{'x' * 40}@example.org>" for i in range(10))
+        data = build_mail(fqdn="t.example.org", from_="control@t.example.org", to="a@example.org",
+                          subject="s", body="b\n", headers=[("References", refs)], now=0)
+        header_block = data.split(b"\r\n\r\n")[0]
+        self.assertTrue(all(len(line) <= 998 for line in header_block.split(b"\r\n")))
+        self.assertEqual(" ".join(parse(data)["References"].split()), refs)
+
+    def test_very_long_body_line(self):
+        """A body line over 998 bytes is sent quoted-printable, and reads back the same."""
+        body = "y" * 3000 + "\n"
+        data = build_mail(fqdn="t.example.org", from_="control@t.example.org", to="a@example.org",
+                          subject="s", body=body, now=0)
+        msg = parse(data)
+        self.assertEqual(msg["Content-Transfer-Encoding"], "quoted-printable")
+        self.assertEqual(msg.get_content().replace("\r\n", "\n"), body)
+        self.assertTrue(all(len(line) <= 998 for line in data.split(b"\r\n")))

@@ -323,7 +323,7 @@ class PostfixRecipeTests(TestCase):
             os.chmod(directory, 0o777)
         deliver_config = os.path.join(base, "deliver.toml")
         with open(deliver_config, "w") as f:
-            f.write(f'[spool]\npath = "{spool}"\n')
+            f.write(f'[tracker]\nfqdn = "{FQDN}"\n[spool]\npath = "{spool}"\n')
         self.postfix.pipe_command = (f"{_pipe_python()} -m trackermail.cli "
                                      f"--config {deliver_config}")
 

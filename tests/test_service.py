@@ -126,7 +126,8 @@ class MaintenanceServiceTests(SynchronousTestCase):
         run(subscribe, "a@example.org", "dpkg")
         for day in range(1, 8):
             run(record_sent, ["a@example.org"], f"2026-11-0{day}")
-        maintenance = MaintenanceService(store_service, make_config(), clock)
+        maintenance = MaintenanceService(
+            store_service, make_config(bounces={"max_days_tolerate_soft": 4}), clock)
         maintenance.startService()
         self.addCleanup(maintenance.stopService)
         clock.advance(59)

@@ -8,12 +8,14 @@ reading bounces.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
 import time
 
 from trackermail.cli_support import (
+    EX_DATAERR,
+    EX_NOUSER,
     EX_TEMPFAIL,
     CommandError,
     error,
@@ -35,7 +37,7 @@ def cmd_process(args, config):
         code = 0
         for path in args.files:
             try:
-                outcome = await processor.process_file(path)
+                outcomes = await processor.process_file(path)
             except PermanentFailure as e:
                 print(f"{path}: failed: {e}")
                 code = 1
@@ -43,7 +45,8 @@ def cmd_process(args, config):
                 print(f"{path}: temporary failure: {e}")
                 code = 1
             else:
-                print(f"{path}: {outcome.action} {outcome.detail}".rstrip())
+                for outcome in outcomes:
+                    print(f"{path}: {outcome.action} {outcome.detail}".rstrip())
         return code
 
     return run_with_store(config, body)
@@ -55,22 +58,54 @@ def _processing_config(config: Config) -> Config:
     return config
 
 
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+def looks_like_mail(data: bytes) -> bool:
+    """Whether C{data} starts like a message: a header field (after an mbox From line)."""
+    if data.startswith(b"From "):
+        data = data.partition(b"\n")[2]
+    return bool(_HEADER_LINE.match(data))
+
+
 def cmd_deliver(args, config):
     """
-    MTA pipe transport: one message on stdin into the spool. Exit 0 only
-    once it is durable; 75 (EX_TEMPFAIL, the MTA retries) otherwise.
+    MTA pipe transport: one message on stdin into the spool, with sysexits
+    status for the MTA: 0 once it is durable; 67 (EX_NOUSER, bounced) for
+    an address that is not ours; 65 (EX_DATAERR, bounced) for input that
+    is no mail; 75 (EX_TEMPFAIL, retried) when it cannot be stored, and
+    also when the tracker is not configured to tell (a mistake of ours must
+    not bounce people's mail: Postfix bounces EX_CONFIG).
     """
     from trackermail.ingress.spool import Spool
+    from trackermail.routing import Rejection, route_address
 
-    data = sys.stdin.buffer.read()
+    # Read everything first: an MTA writing into a pipe we left would
+    # report a write error instead of our status.
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as e:
+        error(f"cannot read standard input: {e.strerror or e}")
+        return EX_TEMPFAIL
     recipient = args.recipient or os.environ.get("ORIGINAL_RECIPIENT") or os.environ.get(
         "RECIPIENT", "")
-    if not data.strip():
-        error("empty message on standard input")
-        return 1
     if not recipient:
         error("no recipient: give one, or set RECIPIENT")
-        return 1
+        return EX_TEMPFAIL
+    if not config.tracker.fqdn:
+        error("[tracker] fqdn: required to tell our addresses from others")
+        return EX_TEMPFAIL
+    try:
+        route_address(recipient, config.tracker.fqdn, config.tracker.accept_unqualified)
+    except Rejection as e:
+        error(f"{recipient}: not an address of this tracker ({e.text})")
+        return EX_NOUSER
+    if not data.strip():
+        error("empty message on standard input")
+        return EX_DATAERR
+    if not looks_like_mail(data):
+        error("standard input is not a mail message (it does not start with a header)")
+        return EX_DATAERR
     try:
         spool = Spool(config.spool.path, fsync=config.spool.fsync)
         path = spool.deliver_sync(data, recipient, os.environ.get("SENDER"))
@@ -81,44 +116,20 @@ def cmd_deliver(args, config):
     return 0
 
 
-def _spool_counts(config: Config) -> dict:
-    def count(sub):
-        path = os.path.join(config.spool.path, sub)
-        try:
-            names = [n for n in os.listdir(path) if not n.endswith(".reason")]
-        except FileNotFoundError:
-            return 0, None
-        oldest = None
-        for n in names:
-            try:
-                m = os.stat(os.path.join(path, n)).st_mtime
-            except OSError:
-                continue
-            oldest = m if oldest is None else min(oldest, m)
-        return len(names), oldest
-
-    return {sub: count(sub) for sub in ("new", "failed", "broken")}
-
-
 def cmd_status(args, config):
     now = time.time()
-    counts = _spool_counts(config)
+    from trackermail.ingress.spool import retry_states, spool_counts
+
     print(f"spool {os.path.abspath(config.spool.path)}")
-    for sub, (n, oldest) in counts.items():
-        print(f"  {sub:<7} {n:>6}  oldest {format_age(oldest, now)}")
-    retry_dir = os.path.join(config.spool.path, "retry")
-    try:
-        states = sorted(os.listdir(retry_dir))
-    except FileNotFoundError:
-        states = []
-    for name in states[:20]:
+    for sub, (n, oldest) in spool_counts(config.spool.path).items():
+        print(f"  {sub:<7} {'-' if n is None else n:>6}  oldest {format_age(oldest, now)}")
+    for name, state in retry_states(config.spool.path)[:20]:
         try:
-            with open(os.path.join(retry_dir, name), encoding="utf-8") as f:
-                state = json.load(f)
-            print(f"  retry {name}: {state.get('attempts')} failed attempts, next in "
-                  f"{format_age(now, state.get('next', now))}: {state.get('reason', '')}".rstrip(": "))
-        except (OSError, ValueError, AttributeError):
-            continue
+            next_try = float(state.get("next", now))
+        except (TypeError, ValueError):
+            next_try = now
+        print(f"  retry {name}: {state.get('attempts')} failed attempts, next in "
+              f"{format_age(now, next_try)}: {state.get('reason', '')}".rstrip(": "))
 
     async def body(store):
         await print_outbox_status(store, now)
@@ -157,7 +168,7 @@ def cmd_requeue(args, config):
 
 
 def cmd_analyze_bounce(args, config):
-    from trackermail.bounces.analyzer import analyze_bounce_main
+    from trackermail.bounces.report import analyze_bounce_main
 
     return analyze_bounce_main(args.files, sys.stdout)
 
@@ -167,8 +178,11 @@ def register(add) -> None:
     p = add("process", cmd_process, "run mail files through the processor once")
     p.add_argument("files", nargs="+", metavar="FILE")
     p = add("deliver", cmd_deliver,
-            "MTA pipe: store one message from stdin in the spool (exit 75 on failure)")
+            "MTA pipe: store one message from stdin in the spool (exit 0 stored, "
+            "67 unknown recipient, 65 not a mail, 75 try again later)")
     p.add_argument("recipient", nargs="?", help="the delivery address (else $RECIPIENT)")
+    # A broken configuration is ours to fix: the MTA keeps the mail meanwhile.
+    p.set_defaults(config_error_status=EX_TEMPFAIL)
     add("status", cmd_status, "show spool and outbox counts, ages and retries")
     p = add("requeue", cmd_requeue, "move failed/ or broken/ messages back to new/; "
             "outbox: make deferred deliveries due now (--failed: failed ones too)")

@@ -11,6 +11,7 @@ C{[smtp] listen: expected a list of endpoint strings}.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import secrets
 import socket
@@ -97,11 +98,25 @@ class OutboundSection:
 @dataclass(frozen=True)
 class LimitsSection:
     max_message_size: int = 25 * 1024 * 1024
+    # SMTP and LMTP: connections over these get 421 at once.
+    max_connections: int = 200
+    max_connections_per_ip: int = 50
+    max_recipients: int = 1000
+    # Seconds a client may stay silent between commands (10 s when 80% of
+    # max_connections are taken), a whole transaction may last (MAIL to the
+    # final dot), and the slowest average data rate (bytes/s) after 30 s.
+    idle_timeout: int = 300
+    transaction_time: int = 600
+    min_data_rate: int = 1024
 
 
 @dataclass(frozen=True)
 class BouncesSection:
     max_days_tolerate_bounce: int = 4
+    # Mail days of nothing but bounces (mailbox full, ...) before unsubscription.
+    max_days_tolerate_soft: int = 14
+    # "YYYY-MM-DD": until then, count bounces to distro-tracker's VERP addresses.
+    legacy_verp_until: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,9 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         return tuple(value)
     if isinstance(default, str):
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            # A bare TOML date (legacy_verp_until = 2026-12-01).
+            return value.isoformat()
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -236,6 +254,16 @@ def _check(config: Config, require_fqdn: bool) -> None:
         raise ConfigError("[smtp] tls_certificate: needs tls_key too (and the other way round)")
     if config.bounces.max_days_tolerate_bounce < 1:
         raise ConfigError("[bounces] max_days_tolerate_bounce: must be at least 1")
+    if config.bounces.max_days_tolerate_soft < 1:
+        raise ConfigError("[bounces] max_days_tolerate_soft: must be at least 1")
+    until = config.bounces.legacy_verp_until
+    if until:
+        try:
+            datetime.date.fromisoformat(until)
+        except ValueError:
+            raise ConfigError(
+                f"[bounces] legacy_verp_until: expected a date YYYY-MM-DD, got {until!r}"
+            ) from None
 
 
 def config_from_dict(
@@ -303,3 +331,72 @@ def load_config(path: str | None, overrides: Mapping[str, Mapping[str, Any]] = {
             raise ConfigError(f"[{section}]: expected a table")
         target.update(values)
     return config_from_dict(raw, require_fqdn=require_fqdn, warn=warn)
+
+
+# ---------------------------------------------------------------------------
+# Finding the file, and checks only a running tracker needs.
+
+CONFIG_ENVIRONMENT = "TRACKERMAIL_CONFIG"
+DEFAULT_CONFIG_FILE = "tracker.toml"
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                cwd: str | None = None) -> str | None:
+    """
+    The configuration file to read, the same way for C{trackermail},
+    C{twistd -n tracker} and C{tracker.tac}: C{--config} (C{explicit}),
+    else C{$TRACKERMAIL_CONFIG}, else C{./tracker.toml} when it exists,
+    else None (built-in defaults).
+
+    A file named by the option or the variable must exist; L{load_config}
+    says so when it does not.
+    """
+    if explicit:
+        return explicit
+    environ = os.environ if environ is None else environ
+    named = environ.get(CONFIG_ENVIRONMENT, "")
+    if named:
+        return named
+    local = DEFAULT_CONFIG_FILE if cwd is None else os.path.join(cwd, DEFAULT_CONFIG_FILE)
+    return local if os.path.isfile(local) else None
+
+
+class _NoReactor:
+    """Endpoint parsers only store their reactor: parsing needs none."""
+
+
+# Endpoint types whose port number Twisted only checks when it listens.
+_PORT_RANGE = range(0, 65536)
+
+
+def check_endpoints(config: Config) -> None:
+    """
+    Parse every listening endpoint string, so that a typo is a one-line
+    error naming its key before anything starts, not a traceback later.
+
+    @raise ConfigError: C{[smtp] listen: bad endpoint 'tcp:99999': ...}
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    for section in ("smtp", "lmtp", "http"):
+        for description in getattr(config, section).listen:
+            where = f"[{section}] listen: bad endpoint {description!r}"
+            try:
+                endpoint = serverFromString(_NoReactor(), description)
+            except Exception as e:
+                hint = ""
+                if description.isdigit():
+                    hint = f" (a port alone is not an endpoint: write tcp:{description})"
+                raise ConfigError(f"{where}: {_reason(e)}{hint}")
+            # TCP endpoints keep their port in _port; Twisted itself only
+            # checks its range when it listens, with an OverflowError.
+            port = getattr(endpoint, "_port", None)
+            if isinstance(port, int) and port not in _PORT_RANGE:
+                raise ConfigError(f"{where}: port {port} is not between 0 and 65535")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        name = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{name}"
+    return " ".join(str(error).split()) or type(error).__name__

@@ -208,10 +208,13 @@ def decorate(raw: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
 
 
 def _verp_signer(ctx):
-    """encode(email, email_id) -> the VERP envelope sender of today's copy."""
+    """
+    sign(email, email_id) -> the VERP envelope sender of today's copy. Each
+    signer draws its own copy token, so every copy of the fan-out (one
+    per recipient) has an identity its bounces name.
+    """
     day = datetime.fromtimestamp(ctx.now, timezone.utc).date()
-    secret, fqdn = ctx.config.tracker.secret_key, ctx.fqdn
-    return lambda email, email_id: verp.encode(email, day, secret, fqdn, email_id)
+    return verp.signer(day, ctx.config.tracker.secret_key, ctx.fqdn)
 
 
 def _unsubscribe_url(ctx, package: str, email: str) -> str | None:
@@ -252,47 +255,43 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     return deliveries
 
 
-_OUR_ENVELOPE_LINE = re.compile(rb"(?:Return-Path|Delivered-To):[^\n]*\n", re.I)
-
-
-def _body_without_envelope_line(raw: bytes) -> bytes:
+def _about(packages: Sequence[str], keyword: str | None) -> tuple[str, dict]:
     """
-    The message as it is forwarded: without an mbox "From " line, and
-    without the Return-Path and Delivered-To lines the spool put on top.
-    Those describe the delivery to us; on a copy in transit a Return-Path
-    is wrong (the final MTA adds its own) and our Delivered-To would make
-    a copy that comes back to another of our addresses look like it was
-    delivered to two of them.
+    C{dpkg/bts} (a few packages, then how many more) for a log line, and
+    the C{package}/C{keyword} fields that say the same for tools.
     """
-    start = _message_start(raw)
-    for _ in range(2):
-        match = _OUR_ENVELOPE_LINE.match(raw, start)
-        if match is None:
-            break
-        start = match.end()
-    return raw[start:] if start else raw
+    names = [p for p in packages if p]
+    shown = [f"{p}/{keyword}" if keyword else p for p in names[:3]]
+    if len(names) > 3:
+        shown.append(f"{len(names) - 3} more")
+    fields = {"package": ",".join(names), "keyword": keyword or ""}
+    return ", ".join(shown) or (keyword or ""), fields
 
 
 def handle_dispatch(incoming, ctx):
     """
     Store program for mail to C{dispatch[+PKG[_KW]]@} (and unqualified
-    C{PKG[_KW]@}): classify, record news, fan out.
+    C{PKG[_KW]@}): classify, record news, fan out. Every drop says why and
+    about what (fields C{package} and C{keyword}).
     """
 
     msg = incoming.msg
-    if has_dispatch_loop(msg, ctx.fqdn):
-        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
     route = incoming.route
+    address_package = getattr(route, "package", None)
+    address_keyword = getattr(route, "keyword", None)
+    _, addressed = _about([address_package or ""], address_keyword)
+    if has_dispatch_loop(msg, ctx.fqdn):
+        return Outcome("dropped", f"a loop: it carries X-Loop: dispatch@{ctx.fqdn}", addressed)
     try:
-        found = classify(msg, ctx.vendor, getattr(route, "package", None),
-                         getattr(route, "keyword", None))
+        found = classify(msg, ctx.vendor, address_package, address_keyword)
     except SkipMessage as e:
-        return Outcome("dropped", f"the vendor rules skip it ({e})")
+        return Outcome("dropped", f"the vendor rules skip it ({e})", addressed)
+    text, about = _about(found.packages, found.keyword)
     if not found.packages:
-        return Outcome("dropped", "no package could be found for it")
+        return Outcome("dropped", "no package could be found for it", about)
     if not found.approved:
-        return Outcome("dropped", "default mail that is not approved",
-                       {"packages": list(found.packages)})
+        return Outcome("dropped", f"default mail that is not approved ({text})",
+                       {"packages": list(found.packages), **about})
 
     news_count = 0
     for draft in news_for(msg, incoming.raw, found, ctx.vendor):
@@ -304,7 +303,7 @@ def handle_dispatch(incoming, ctx):
                                 create_package=draft.create_package)
         news_count += 1
 
-    raw = _body_without_envelope_line(incoming.raw)
+    raw = incoming.raw
     seen: set[int] = set()
     deliveries = []
     for package in found.packages:
@@ -313,12 +312,12 @@ def handle_dispatch(incoming, ctx):
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
     if deliveries:
-        yield from enqueue(raw, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now)
         yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
-        f"to {len(deliveries)} recipients" if deliveries else "nobody wants it",
-        {"packages": list(found.packages), "keyword": found.keyword,
+        f"to {len(deliveries)} recipients" if deliveries else f"nobody wants {text}",
+        {"packages": list(found.packages), **about,
          "recipients": len(deliveries), "news": news_count},
     )
 
@@ -332,25 +331,29 @@ def handle_team(incoming, ctx):
 
     msg = incoming.msg
     slug = getattr(incoming.route, "team", None) or ""
+    where = {"team": slug, "keyword": "contact"}
     if has_dispatch_loop(msg, ctx.fqdn):
-        return Outcome("dropped", "it carries X-Loop: dispatch (a loop)")
+        return Outcome("dropped", f"a loop: it carries X-Loop: dispatch@{ctx.fqdn}", where)
     team = yield from get_team(slug)
     if team is None:
-        return Outcome("dropped", f"there is no team {slug!r}")
+        return Outcome("dropped", f"there is no team {slug!r}", where)
     try:
         found = classify(msg, ctx.vendor)
     except SkipMessage as e:
-        return Outcome("dropped", f"the vendor rules skip it ({e})")
+        return Outcome("dropped", f"the vendor rules skip it ({e})", where)
     if found.packages:
-        return Outcome("dropped", "automatic mail about a package",
-                       {"packages": list(found.packages)})
+        text, about = _about(found.packages, found.keyword)
+        return Outcome("dropped",
+                       f"automatic mail about a package ({text}): it reaches teams through dispatch",
+                       {"packages": list(found.packages), **about, "team": slug})
     rows = yield from team_member_ids(slug)
-    raw = _body_without_envelope_line(incoming.raw)
-    deliveries = plan_deliveries(ctx, raw, msg, [(e, i, slug) for e, i in rows],
+    deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
-        yield from enqueue(raw, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now)
         yield from record_sent_ids([i for _, i in rows], ctx.today)
-    return Outcome("forwarded" if deliveries else "dropped",
-                   f"to {len(deliveries)} members of {slug}",
-                   {"team": slug, "recipients": len(deliveries)})
+    if not deliveries:
+        return Outcome("dropped", f"nobody in team {slug} wants it (no unmuted members)",
+                       {**where, "recipients": 0})
+    return Outcome("forwarded", f"to {len(deliveries)} members of {slug}",
+                   {**where, "recipients": len(deliveries)})

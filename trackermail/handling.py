@@ -25,15 +25,34 @@ from trackermail.config import Config
 @dataclass(frozen=True)
 class Incoming:
     """
-    A received message as handlers see it.
+    A received message as handlers see it, for one of its recipients.
+
+    @ivar raw: the message (its first megabyte when it is bigger: see
+        C{body}), without the envelope the spool keeps beside it.
+    @ivar msg: C{raw} parsed.
+    @ivar route: where the recipient address leads (service, package...).
+    @ivar envelope_from: the envelope sender; C{""} for the null sender,
+        None when unknown.
+    @ivar digest: the processed-ledger key of (message, recipient).
+    @ivar queue_id: the id naming the message in every log line, from
+        reception to its last copy.
+    @ivar body: the whole message to forward: C{bytes}, or a body source
+        read from the spool in pieces (C{len()}, C{chunks(size)}).
     """
 
     raw: bytes
     msg: EmailMessage
     route: Any  # routing.Route
-    envelope_from: str | None  # "" for the null sender, None when unknown
+    envelope_from: str | None
     digest: str
     msgid: str
+    queue_id: str = ""
+    body: Any = None
+
+    @property
+    def whole(self) -> Any:
+        """The whole message: C{body}, or C{raw} when no body was given."""
+        return self.raw if self.body is None else self.body
 
 
 @dataclass(frozen=True)

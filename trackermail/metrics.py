@@ -28,6 +28,16 @@ Series (all prefixed C{trackermail_}):
     C{pattern}).
   - C{bounces_counted_total}, C{confirmations_sent_total},
     C{unsubscribed_by_bounce_total}, C{unsubscribed_by_link_total}.
+  - C{bounces_total{reason,kind,outcome}}: bounces with a reason (DSNs to
+    VERP addresses and smarthost refusals), by reason (C{userunknown},
+    C{blocked}, ...), C{kind} (C{hard} or C{soft}: how the copy failed) and
+    what the policy did (C{counted}, C{recorded}, C{refused},
+    C{unsubscribed}, C{ignored}: a copy that had already bounced).
+  - C{refusals_by_domain_total{domain,reason}}: copies a destination
+    domain refused for reasons of ours (blocked, spam, reputation ...): a
+    rate above zero means that domain refuses our mail. At most
+    L{MAX_DOMAIN_LABELS} domains get their own label, the first seen; the
+    rest count as C{domain="other"}.
   - At scrape time: C{spool_messages{state}} (C{new}, C{failed},
     C{broken}), C{outbox_deliveries{state}} (C{queued}, C{sending},
     C{failed}), C{outbox_oldest_due_age_seconds} (how late the most
@@ -36,7 +46,6 @@ Series (all prefixed C{trackermail_}):
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Mapping
 
 from prometheus_client import (
@@ -61,6 +70,8 @@ __all__ = [
     "smarthost_refusing",
     "smarthost_refusal",
     "bounce_counted",
+    "bounce_handled",
+    "bounce_results",
     "confirmation_sent",
     "unsubscribed_by_bounce",
     "unsubscribed_by_link",
@@ -101,6 +112,16 @@ _deliveries = Counter(
 _bounces = Counter(
     "trackermail_bounces_counted", "Hard bounces counted against an address.",
     registry=REGISTRY,
+)
+_bounce_events = Counter(
+    "trackermail_bounces",
+    "Bounces by reason, hard or soft, and what the policy did.",
+    ["reason", "kind", "outcome"], registry=REGISTRY,
+)
+_refusals = Counter(
+    "trackermail_refusals_by_domain",
+    "Copies a destination domain refused for reasons of ours, by domain and reason.",
+    ["domain", "reason"], registry=REGISTRY,
 )
 _confirmations = Counter(
     "trackermail_confirmations_sent", "Confirmation (CONFIRM key) mails queued.",
@@ -161,6 +182,8 @@ def processed(service: str, action: str, seconds: float,
         bounce_counted()
         if action == "unsubscribed":
             unsubscribed_by_bounce()
+    if service == "bounces":
+        bounce_handled(fields or {}, action)
     confirmations = (fields or {}).get("confirmations")
     if isinstance(confirmations, int) and not isinstance(confirmations, bool):
         confirmation_sent(confirmations)
@@ -190,6 +213,49 @@ def bounce_counted(n: int = 1) -> None:
         _bounces.inc(n)
 
 
+MAX_DOMAIN_LABELS = 50
+_LABEL_MAX = 64
+_domains_labelled: set[str] = set()
+
+
+def _label(value: Any, default: str) -> str:
+    text = str(value) if value else default
+    return text[:_LABEL_MAX]
+
+
+def bounce_handled(fields: Mapping[str, Any], outcome: str) -> None:
+    """
+    A bounce with a reason was handled (C{fields} as the bounce policy's
+    outcome carries them: C{reason}, C{kind}, C{group}, C{domain}); nothing
+    for bounces that got no reason (not a bounce, forged, too old).
+    """
+    reason = fields.get("reason")
+    if not reason:
+        return
+    kind = "hard" if fields.get("kind") == "hard" else "soft"
+    _bounce_events.labels(reason=_label(reason, "undefined"), kind=kind,
+                          outcome=_label(outcome, "unknown")).inc()
+    if fields.get("group") == "ours" and outcome == "refused":
+        domain = _label(fields.get("domain"), "other").lower()
+        if domain not in _domains_labelled:
+            if len(_domains_labelled) >= MAX_DOMAIN_LABELS:
+                domain = "other"
+            else:
+                _domains_labelled.add(domain)
+        _refusals.labels(domain=domain, reason=_label(reason, "undefined")).inc()
+
+
+def bounce_results(results: Iterable[Any]) -> None:
+    """
+    What the smarthost hook did for each refused copy (its results: None,
+    or an action string with the outcome's C{fields}).
+    """
+    for result in results:
+        fields = getattr(result, "fields", None)
+        if result and fields:
+            bounce_handled(fields, str(result))
+
+
 def confirmation_sent(n: int = 1) -> None:
     if n > 0:
         _confirmations.inc(n)
@@ -209,33 +275,17 @@ def unsubscribed_by_link(n: int = 1) -> None:
 # Scrape-time state
 
 
-def _count(directory: str, skip_suffix: str | None = None) -> int:
-    n = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            if skip_suffix and name.endswith(skip_suffix):
-                continue
-            n += 1
-    return n
-
-
 def spool_depth(spool_path: str) -> dict[str, int | None]:
     """
-    Messages in the spool's C{new/}, C{failed/} and C{broken/} (the reason
-    files next to parked messages are not messages). A directory that
-    cannot be read gives None for its state.
+    Messages in the spool's C{new/}, C{failed/} and C{broken/}; a directory
+    that cannot be read gives None for its state.
     """
-    depth: dict[str, int | None] = {}
-    for state in ("new", "failed", "broken"):
-        try:
-            depth[state] = _count(os.path.join(spool_path, state),
-                                  None if state == "new" else ".reason")
-        except OSError:
-            depth[state] = None
-    return depth
+    from trackermail.ingress.spool import spool_counts
+
+    try:
+        return {state: n for state, (n, _) in spool_counts(spool_path).items()}
+    except OSError:
+        return {"new": None, "failed": None, "broken": None}
 
 
 class StateSnapshot:

@@ -173,9 +173,12 @@ def _pairs(headers: Iterable[Any]) -> Iterable[tuple[str, Any]]:
         yield str(key), value
 
 
-def find_delivery_address(msg_or_headers: Any, fqdn: str) -> str:
+def find_delivery_address(msg_or_headers: Any, fqdn: str,
+                          extra: Iterable[tuple[str, str]] = ()) -> str:
     """
     Return the one address at C{fqdn} that the message was delivered to.
+    C{extra} are header pairs read from above the message (the delivery
+    lines on top of a file).
 
     C{msg_or_headers} is an C{email.message.Message}, a mapping, or an
     iterable of C{(name, value)} pairs. Addresses are compared without regard
@@ -186,8 +189,10 @@ def find_delivery_address(msg_or_headers: Any, fqdn: str) -> str:
     """
     suffix = "@" + fqdn.lower()
     found: dict[str, str] = {}
+    extra = list(extra)
     for name in DELIVERY_HEADERS:
-        for value in _header_values(msg_or_headers, name):
+        values = _header_values(extra, name) + _header_values(msg_or_headers, name)
+        for value in values:
             # Undecodable bytes come through as surrogates or U+FFFD; neither
             # can be part of an address of ours, so they simply never match.
             value = value.replace("\r", " ").replace("\n", " ")

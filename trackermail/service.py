@@ -9,16 +9,19 @@ C{store}, C{spool}, C{smtp:N}, C{lmtp:N}, C{outbound}, C{http:N}.
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any, Mapping, NoReturn
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from trackermail.config import Config, load_config
+from trackermail.bounces.policy import maintain as maintain_bounces
+from trackermail.config import Config, check_endpoints, find_config, load_config
+from trackermail.endpoints import ListeningService
 from trackermail.errors import ConfigError
-from trackermail.store.bounce_stats import trim_all_bounce_stats
 from trackermail.store.confirmations import purge_confirmations
 
 log = Logger()
@@ -32,7 +35,8 @@ class Options(usage.Options):
         "values of the configuration file."
     )
     optParameters = [
-        ["config", "c", None, "TOML configuration file (default: none, built-in defaults)"],
+        ["config", "c", None, "TOML configuration file (default: $TRACKERMAIL_CONFIG, "
+                              "else ./tracker.toml if present, else built-in defaults)"],
         ["fqdn", None, None, "[tracker] fqdn: the domain the tracker receives mail for"],
         ["vendor", None, None, "[tracker] vendor: generic or debian"],
         ["database", None, None, "[database] url: sqlite:///PATH or postgresql://..."],
@@ -87,13 +91,39 @@ class Options(usage.Options):
         return result
 
     def postOptions(self):
-        try:
-            self.config = load_config(
-                self["config"], self.overrides(),
-                warn=lambda msg: sys.stderr.write(f"trackermail: warning: {msg}\n"),
-            )
-        except ConfigError as e:
-            raise usage.UsageError(str(e))
+        # A configuration error is not a usage error: one line naming the
+        # key, without twistd's page of usage in front of it.
+        self.config = service_config(self["config"], self.overrides())
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"trackermail: warning: {message}\n")
+
+
+def startup_error(message: str) -> NoReturn:
+    """
+    End a tracker that cannot start: one line on stderr, exit status 1.
+    (SystemExit passes through twistd untouched, with no traceback.)
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write("trackermail: " + " ".join(str(message).split()) + "\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
+def service_config(path: str | None = None,
+                   overrides: Mapping[str, Mapping[str, Any]] = {}) -> Config:
+    """
+    The configuration of a running tracker (C{twistd -n tracker} and
+    C{tracker.tac} alike): found by L{find_config}, overridden by options,
+    endpoints checked. A bad one ends the process through L{startup_error}.
+    """
+    try:
+        config = load_config(find_config(path), overrides, warn=_warn)
+        check_endpoints(config)
+    except ConfigError as e:
+        startup_error(str(e))
+    return config
 
 
 class StoreService(service.Service):
@@ -148,7 +178,63 @@ class StoreService(service.Service):
         return self.store.close()
 
 
-def buildService(config: Config, reactor=None) -> service.MultiService:
+class TrackerService(service.MultiService):
+    """
+    The whole tracker. Under twistd (L{exit_on_listen_error}) a door that
+    cannot open ends the process with one line naming its key and endpoint,
+    e.g. C{[smtp] listen: cannot listen on tcp:2525: Address already in
+    use}; elsewhere the error is raised as it is.
+    """
+
+    exit_on_listen_error = False
+    #: twistd's pid file, removed before such an exit (twistd would on an exception).
+    pidfile: str | None = None
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        for child in self:
+            self._start_child(child.privilegedStartService, child)
+
+    def startService(self):
+        service.Service.startService(self)
+        for child in self:
+            self._start_child(child.startService, child)
+
+    def _start_child(self, start, child) -> None:
+        try:
+            start()
+        except Exception as e:
+            if not (self.exit_on_listen_error and isinstance(child, ListeningService)):
+                raise
+            message = (f"[{child.kind}] listen: cannot listen on {child.description}: "
+                       f"{listen_error_reason(e)}")
+            log.error("{message}", message=message)
+            if self.pidfile:
+                _remove_own_pidfile(self.pidfile)
+            startup_error(message)
+
+
+def listen_error_reason(error: Exception) -> str:
+    """C{Address already in use}, not Twisted's sentence around it."""
+    socket_error = getattr(error, "socketError", None)
+    if isinstance(socket_error, OSError) and socket_error.strerror:
+        return socket_error.strerror
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _remove_own_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+        if pid == os.getpid():
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+def buildService(config: Config, reactor=None) -> TrackerService:
     """
     The whole tracker for C{config}.
     """
@@ -158,7 +244,7 @@ def buildService(config: Config, reactor=None) -> service.MultiService:
         reactor = global_reactor
     from trackermail.store import open_store
 
-    top = service.MultiService()
+    top = TrackerService()
     top.config = config
     store = open_store(config.database.url, reactor=reactor,
                        pool_size=config.database.pool_size)
@@ -195,18 +281,17 @@ def build_processor(config: Config, store, reactor=None, ready=None):
 
 
 def _mail_engine(top, config: Config, store_service: StoreService, reactor) -> None:
-    from trackermail.ingress.service import (
-        make_ingress_services,
-        make_spool,
-        make_spool_watcher,
-    )
+    from trackermail.ingress.service import make_ingress_services, make_spool
+    from trackermail.processing import SpoolWatcher
 
     spool = make_spool(config, reactor)
     processor = build_processor(config, store_service.store, reactor,
                                 ready=store_service.when_ready)
     top.processor = processor
     top.spool = spool
-    watcher = make_spool_watcher(config, spool, processor.process_file, reactor)
+    watcher = SpoolWatcher(spool, processor.process_file, clock=reactor,
+                           concurrency=config.spool.concurrency,
+                           rescan_interval=config.spool.rescan_interval)
     watcher.setName("spool")
     watcher.setServiceParent(top)
     for svc in make_ingress_services(config, spool, reactor):
@@ -297,10 +382,9 @@ class MaintenanceService(service.Service):
         today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
         expiry = self.config.control.confirmation_expiry_days * 86400
         confirmations = await store.run(purge_confirmations, now, expiry, today)
-        stats = await store.run(trim_all_bounce_stats,
-                                self.config.bounces.max_days_tolerate_bounce)
+        stats = await store.run(maintain_bounces, now, self.config)
         log.info("maintenance: removed {confirmations} expired confirmations and "
-                 "{stats} old bounce stats", confirmations=confirmations, stats=stats)
+                 "{stats} old bounce records", confirmations=confirmations, stats=stats)
 
 
 def _maintenance(top, config: Config, store_service: StoreService, reactor) -> None:
@@ -311,5 +395,20 @@ def _maintenance(top, config: Config, store_service: StoreService, reactor) -> N
 _PARTS: list = [_mail_engine, _maintenance, _outbound, _http]
 
 
-def makeService(options: Options) -> service.MultiService:
-    return buildService(options.config)
+def makeService(options: Options) -> TrackerService:
+    return twistd_service(options.config, getattr(options, "parent", None))
+
+
+def twistd_service(config: Config, twistd_options=None) -> TrackerService:
+    """
+    L{buildService} for twistd (the plugin and C{tracker.tac}): listening
+    errors end the process with one line instead of a traceback.
+    """
+    top = buildService(config)
+    top.exit_on_listen_error = True
+    if twistd_options is not None:
+        try:
+            top.pidfile = twistd_options["pidfile"] or None
+        except KeyError:
+            top.pidfile = None
+    return top

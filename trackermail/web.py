@@ -11,15 +11,13 @@ and a health check, as twisted.web resources.
     expired token gets a 4xx page and changes nothing.
   - C{GET /metrics}: Prometheus text (or OpenMetrics when asked for); see
     L{trackermail.metrics}.
-  - C{GET /healthz}: C{200 ok} when the store answers and the spool is
-    writable; C{503} and the reasons otherwise.
+  - C{GET /healthz}: C{200 ok} when the store answers and the spool can
+    take a message of the maximum size; C{503} and the reasons otherwise.
 """
 
 from __future__ import annotations
 
 import html
-import os
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +32,7 @@ from twisted.web.resource import Resource
 from trackermail import metrics
 from trackermail.endpoints import ListeningService
 from trackermail.errors import InvalidValue, TemporaryFailure
+from trackermail.ingress.spool import writable_problem
 from trackermail.signing import ExpiredToken, InvalidToken, check_unsubscribe_token
 from trackermail.store.ledger import ping
 from trackermail.store.outbox import outbox_summary
@@ -438,37 +437,13 @@ class TrackerSite:
                     problems.append(f"store: unexpected answer {answer!r}")
             except Exception as e:
                 problems.append(f"store: {_describe(e)}")
-        problem = spool_problem(self.spool_path)
+        problem = writable_problem(self.spool_path, self.config.limits.max_message_size)
         if problem:
             problems.append(f"spool: {problem}")
         if problems:
             log.warn("health check failed: {problems}", problems="; ".join(problems))
             return text_response(503, "".join(p + "\n" for p in problems))
         return text_response(200, "ok\n")
-
-
-def spool_problem(spool_path: str) -> str | None:
-    """
-    Why nothing can be written into the spool (a file created and removed in
-    its C{tmp/}), or None when it is writable.
-    """
-    tmp = os.path.join(spool_path, "tmp")
-    path = os.path.join(tmp, f".healthz-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        return f"cannot create a file in {tmp}: {e.strerror or e}"
-    try:
-        os.write(fd, b"ok\n")
-    except OSError as e:
-        return f"cannot write in {tmp}: {e.strerror or e}"
-    finally:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    return None
 
 
 # ---------------------------------------------------------------------------

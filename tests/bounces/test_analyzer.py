@@ -2,24 +2,21 @@
 Tests for L{trackermail.bounces.analyzer}.
 """
 
-import io
-import json
 import os
 from email.message import EmailMessage
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.corpus import corpus_message
 from trackermail.bounces.analyzer import (
     BounceAnalyzer,
     FailedRecipient,
-    analyze_bounce_main,
-    analyze_file,
     bounce_to,
     detect,
 )
+from trackermail.bounces.report import analyze_file
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-CORPUS = os.environ.get("BOUNCE_CORPUS", "/work/shared/bounce-corpus")
 
 
 def fixture(name):
@@ -79,7 +76,7 @@ class DSNTests(SynchronousTestCase):
             sorted(self.bounce.content_parts),
             ["delivery report", "notification", "undelivered message"])
         self.assertEqual(self.bounce.report.get_content_type(), "message/delivery-status")
-        self.assertIn("mail system", self.bounce.notification.get_content())
+        self.assertIn(b"mail system", self.bounce.notification.get_payload(decode=True))
         self.assertEqual(str(self.bounce.original["Subject"]),
                          "hello 1.0-1 accepted into unstable")
 
@@ -291,57 +288,13 @@ class BounceToTests(SynchronousTestCase):
         self.assertEqual(self.handler.__doc__, "The normal handler.")
 
 
-class AnalyzeFileTests(SynchronousTestCase):
-    """
-    The functions behind C{trackermail analyze-bounce}.
-    """
-
-    def test_record(self):
-        """analyze_file returns exactly the documented keys."""
-        path = os.path.join(FIXTURES, "postfix-dsn.eml")
-        record = analyze_file(path)
-        self.assertEqual(record, {
-            "file": path, "bounce": True, "score": record["score"], "hard": True,
-            "recipients": ["alice@example.net", "bob@example.com"], "status": "5.1.1",
-        })
-        self.assertIsInstance(record["score"], float)
-
-    def test_not_a_bounce_record(self):
-        """A non-bounce has no recipients, status or hard/soft."""
-        record = analyze_file(os.path.join(FIXTURES, "autoreply.eml"))
-        self.assertEqual((record["bounce"], record["hard"], record["recipients"], record["status"]),
-                         (False, None, [], None))
-
-    def test_main_lines(self):
-        """One JSON line per file; a missing file gives an error line and exit 1."""
-        out = io.StringIO()
-        paths = [os.path.join(FIXTURES, "qmail.eml"), self.mktemp(),
-                 os.path.join(FIXTURES, "arf.eml")]
-        self.assertEqual(analyze_bounce_main(paths, out), 1)
-        lines = [json.loads(line) for line in out.getvalue().splitlines()]
-        self.assertEqual([line["file"] for line in lines], paths)
-        self.assertEqual(lines[0]["recipients"], ["carol@example.com", "dave@example.com"])
-        self.assertIn("error", lines[1])
-        self.assertNotIn("bounce", lines[1])
-        self.assertFalse(lines[2]["bounce"])
-
-    def test_main_success(self):
-        """All files readable: exit code 0."""
-        out = io.StringIO()
-        self.assertEqual(analyze_bounce_main([os.path.join(FIXTURES, "exim.eml")], out), 0)
-        self.assertEqual(len(out.getvalue().splitlines()), 1)
-
-
 class CorpusTests(SynchronousTestCase):
     """
     Files of the labelled bounce corpus, where it is available.
     """
 
     def analyse(self, name):
-        path = os.path.join(CORPUS, "messages", name)
-        if not os.path.exists(path):
-            raise self.skipTest("bounce corpus not found at %s" % (CORPUS,))
-        return analyze_file(path)
+        return analyze_file(str(corpus_message(name)))
 
     def test_exim_two_recipients(self):
         """An Exim bounce for two recipients reports both."""
@@ -359,10 +312,7 @@ class CorpusTests(SynchronousTestCase):
 
     def test_rfc3464_mixed(self):
         """A DSN mixing failed and delayed recipients keeps each one's status."""
-        path = os.path.join(CORPUS, "messages", "soe-rfc3464-35.eml")
-        self.analyse("soe-rfc3464-35.eml")
-        with open(path, "rb") as fh:
-            bounce = detect(fh.read())
+        bounce = detect(corpus_message("soe-rfc3464-35.eml").read_bytes())
         by_address = {r.address.lower(): (r.status, r.hard) for r in bounce.recipients}
         self.assertEqual(by_address["sabatora@cat.example.net"], ("4.0.0", False))
         self.assertEqual(by_address["mikeneko@neko.example.or.jp"], ("5.0.0", True))

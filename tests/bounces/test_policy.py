@@ -7,6 +7,7 @@ import datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.bounces.mails import dsn
 from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
 from trackermail.bounces import verp
 from trackermail.bounces.policy import permanent_failure
@@ -15,24 +16,6 @@ from trackermail.store.subscriptions import subscribe, subscriptions_of
 from trackermail.store.teams import add_team, team_member_ids
 
 DAY = 86400
-
-
-def dsn(rcpt: str, status: str = "5.1.1", text: str = "User unknown") -> bytes:
-    code = "550" if status.startswith("5") else "452"
-    return (
-        "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        "Auto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
-        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
-        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
-        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n"
-        "Remote-MTA: dns; mail.example.net\r\n"
-        f"Diagnostic-Code: smtp; {code} {status} {text}\r\n"
-        "\r\n--B--\r\n"
-    ).encode()
 
 
 class BouncePolicyTests(SynchronousTestCase):
@@ -89,7 +72,8 @@ class BouncePolicyTests(SynchronousTestCase):
         self.sent_today()
         outcome = self.bounce(body=dsn("dead@example.net", "5.7.1",
                                        "Message rejected as spam by Content Filtering"))
-        self.assertEqual(outcome.action, "ignored")
+        self.assertEqual(outcome.action, "refused")
+        self.assertIn("example.net refuses our mail (spamdetected)", outcome.detail)
         self.assertEqual(self.run(bounce_stats, "dead@example.net")[0].bounced, 0)
 
     def test_auto_reply_is_ignored(self):
@@ -131,13 +115,13 @@ class BouncePolicyTests(SynchronousTestCase):
         self.assertEqual(self.run(subscriptions_of, "dead@example.net"), ["apt", "dpkg"])
 
     def test_stats_are_trimmed(self):
-        """At most max_days_tolerate_bounce days of stats are kept per address."""
-        for day in range(7):
+        """At most the mail days the rules read (max_days_tolerate_soft) are kept."""
+        for day in range(17):
             self.sent_today()
             self.clock.now += DAY
         self.sent_today()
         self.bounce()
-        self.assertEqual(len(self.run(bounce_stats, "dead@example.net")), 4)
+        self.assertEqual(len(self.run(bounce_stats, "dead@example.net")), 14)
 
     def test_smarthost_rejection_counts_as_hard_bounce(self):
         """A 5xx from the smarthost for a fan-out copy counts as a hard bounce."""

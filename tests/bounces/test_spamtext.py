@@ -4,14 +4,13 @@ Tests for L{trackermail.bounces.spamtext}.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.corpus import corpus_labels
 from trackermail.bounces.spamtext import is_spam_rejection
 
 _EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "300"))
@@ -281,23 +280,10 @@ class CorpusTests(SynchronousTestCase):
     }
 
     def setUp(self) -> None:
-        root = Path(
-            os.environ.get(
-                "TRACKERMAIL_BOUNCE_CORPUS",
-                Path(__file__).resolve().parents[2] / ".." / "shared" / "bounce-corpus",
-            )
-        )
-        labels = root / "labels.jsonl"
-        if not labels.exists():
-            raise self.skipTest(
-                f"no bounce corpus at {root} (set TRACKERMAIL_BOUNCE_CORPUS)"
-            )
-        self.cases = []
-        with labels.open() as f:
-            for line in f:
-                label = json.loads(line)
-                reasons = {r.get("reason") for r in label["recipients"]}
-                self.cases.append((root / label["file"], reasons))
+        self.cases = [
+            (label["path"], {r.get("reason") for r in label["recipients"]})
+            for label in corpus_labels()
+        ]
 
     def test_no_recipient_failure_ignored(self) -> None:
         """

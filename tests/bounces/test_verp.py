@@ -27,6 +27,7 @@ SECRET = "s3cret-key"
 OTHER_SECRET = "another-key"
 FQDN = "tracker.example"
 DAY = datetime.date(2024, 1, 31)
+TOKEN = "k3x7q"
 
 # Random, but with enough examples to find the hostile corner cases; raise
 # HYPOTHESIS_EXAMPLES for a long local run.
@@ -59,10 +60,10 @@ _domains = st.text(
 )
 recipients = st.builds(lambda l, d: f"{l}@{d}", _locals, _domains)
 # Ordinary addresses, short enough for the readable form: at worst
-# 1 + 5*3 + 1 + 8 + 3 + 4 + 4 = 36 encoded octets, within the 38 left after the
-# 26 of "bounces+DATE-TAG-".
+# 1 + 4*3 + 1 + 8 + 3 + 4 + 4 = 33 encoded octets, the 33 left after the
+# 31 of "bounces+DATETOKEN-TAG-".
 plain_recipients = st.from_regex(
-    r"[a-z0-9][a-z0-9._+-]{0,5}@[a-z0-9]{1,8}(-[a-z0-9]{1,4})?\.(org|net|de)",
+    r"[a-z0-9][a-z0-9._+-]{0,4}@[a-z0-9]{1,8}(-[a-z0-9]{1,4})?\.(org|net|de)",
     fullmatch=True,
 )
 email_ids = st.integers(min_value=0, max_value=2**63 - 1)
@@ -88,13 +89,43 @@ class EncodeTests(SynchronousTestCase):
         mail already sent still decode after an upgrade.
         """
         self.assertEqual(
-            encode("jane+debian@example.org", DAY, SECRET, FQDN),
-            "bounces+20240131-p6wc4obs-jane+2Bdebian=example.org@tracker.example",
+            encode("jane+debian@example.org", DAY, SECRET, FQDN, token=TOKEN),
+            "bounces+20240131k3x7q-lgqkgurz-jane+2Bdebian=example.org@tracker.example",
         )
         self.assertEqual(
-            encode("x" * 60 + "@example.org", DAY, SECRET, FQDN, email_id=4711),
-            "bounces+20240131-6ebd3vcv-4711@tracker.example",
+            encode("x" * 60 + "@example.org", DAY, SECRET, FQDN, email_id=4711,
+                   token=TOKEN),
+            "bounces+20240131k3x7q-epmmxqaq-4711@tracker.example",
         )
+
+    def test_new_token_per_call(self) -> None:
+        """
+        Without a token, each address is a copy of its own: a fresh token of
+        five lowercase base32 characters.
+        """
+        first = decode(encode("jane@example.org", DAY, SECRET, FQDN), SECRET, FQDN)
+        second = decode(encode("jane@example.org", DAY, SECRET, FQDN), SECRET, FQDN)
+        self.assertRegex(first.token, r"\A[a-z2-7]{5}\Z")
+        self.assertNotEqual(first.copy, second.copy)
+
+    def test_signer_shares_the_token(self) -> None:
+        """
+        The copies of one fan-out share one token and each names its own
+        copy; both forms come out of one signer.
+        """
+        sign = verp.signer(DAY, SECRET, FQDN)
+        readable = decode(sign("jane@example.org"), SECRET, FQDN)
+        compact = decode(sign("x" * 60 + "@example.org", 7), SECRET, FQDN)
+        self.assertEqual(readable.token, compact.token)
+        self.assertEqual(readable.copy, f"20240131{readable.token}:jane@example.org")
+        self.assertEqual(compact.copy, f"20240131{readable.token}:#7")
+
+    def test_bad_token(self) -> None:
+        """
+        A token that is not five base32 characters is a programming error.
+        """
+        for token in ("", "k3x7", "k3x7qq", "k3x9q", "K3X7Q", 12345):
+            self.assertRaises(ValueError, encode, "a@b.org", DAY, SECRET, FQDN, token=token)
 
     def test_distro_tracker_escapes(self) -> None:
         """
@@ -137,7 +168,7 @@ class EncodeTests(SynchronousTestCase):
         A recipient whose local part comes to exactly 64 octets gets the
         readable form.
         """
-        recipient = "a" * 26 + "@example.org"
+        recipient = "a" * 21 + "@example.org"
         address = encode(recipient, DAY, SECRET, FQDN, email_id=7)
         self.assertEqual(len(_local(address)), 64)
         self.assertEqual(decode(address, SECRET, FQDN).email, recipient)
@@ -146,18 +177,18 @@ class EncodeTests(SynchronousTestCase):
         """
         One octet more and the compact form is used, carrying the id.
         """
-        recipient = "a" * 27 + "@example.org"
-        address = encode(recipient, DAY, SECRET, FQDN, email_id=7)
+        recipient = "a" * 22 + "@example.org"
+        address = encode(recipient, DAY, SECRET, FQDN, email_id=7, token=TOKEN)
         self.assertEqual(address.partition("@")[0].split("-")[2], "7")
-        self.assertEqual(decode(address, SECRET, FQDN), VerpInfo(DAY, email_id=7))
+        self.assertEqual(decode(address, SECRET, FQDN), VerpInfo(DAY, email_id=7, token=TOKEN))
 
     def test_escapes_count_as_three_octets(self) -> None:
         """
         The limit counts the encoded form: a C{+} costs three octets.
         """
-        fits = "a" * 23 + "+@example.org"  # 26 + 23 + 3 + 12 = 64
+        fits = "a" * 18 + "+@example.org"  # 31 + 18 + 3 + 12 = 64
         self.assertEqual(len(_local(encode(fits, DAY, SECRET, FQDN))), 64)
-        too_long = "a" * 24 + "+@example.org"
+        too_long = "a" * 19 + "+@example.org"
         self.assertRaises(ValueError, encode, too_long, DAY, SECRET, FQDN)
 
     def test_too_long_without_id(self) -> None:
@@ -165,7 +196,7 @@ class EncodeTests(SynchronousTestCase):
         A recipient too long for the readable form, and no id: ValueError.
         """
         self.assertRaises(
-            ValueError, encode, "a" * 27 + "@example.org", DAY, SECRET, FQDN
+            ValueError, encode, "a" * 22 + "@example.org", DAY, SECRET, FQDN
         )
 
     def test_compact_longest_id(self) -> None:
@@ -173,7 +204,7 @@ class EncodeTests(SynchronousTestCase):
         The compact form stays far within 64 octets even for the largest id.
         """
         address = encode("a" * 300 + "@b.org", DAY, SECRET, FQDN, 2**63 - 1)
-        self.assertLessEqual(len(_local(address)), 45)
+        self.assertLessEqual(len(_local(address)), 50)
         self.assertEqual(decode(address, SECRET, FQDN).email_id, 2**63 - 1)
 
     def test_unencodable_recipient(self) -> None:
@@ -241,20 +272,20 @@ class DecodeTests(SynchronousTestCase):
         """
         A readable address decodes to the day and the recipient.
         """
-        address = encode("jane+debian@example.org", DAY, SECRET, FQDN)
+        address = encode("jane+debian@example.org", DAY, SECRET, FQDN, token=TOKEN)
         self.assertEqual(
             decode(address, SECRET, FQDN),
-            VerpInfo(day=DAY, email="jane+debian@example.org"),
+            VerpInfo(day=DAY, email="jane+debian@example.org", token=TOKEN),
         )
 
     def test_decode_local(self) -> None:
         """
         L{decode_local} takes only the text after C{bounces+}.
         """
-        address = encode("jane@example.org", DAY, SECRET, FQDN)
+        address = encode("jane@example.org", DAY, SECRET, FQDN, token=TOKEN)
         after = _local(address).partition("+")[2]
         self.assertEqual(
-            decode_local(after, SECRET), VerpInfo(DAY, email="jane@example.org")
+            decode_local(after, SECRET), VerpInfo(DAY, email="jane@example.org", token=TOKEN)
         )
 
     def test_case_changed(self) -> None:
@@ -347,21 +378,25 @@ class DecodeTests(SynchronousTestCase):
         The tag of a compact address does not verify in a readable one, nor
         the other way round: the two forms are signed for different purposes.
         """
-        compact = _local(encode("x" * 60 + "@y.org", DAY, SECRET, FQDN, 42))
+        compact = _local(encode("x" * 60 + "@y.org", DAY, SECRET, FQDN, 42, token=TOKEN))
         tag = compact.split("-")[1]
-        self.assertRaises(InvalidVerp, decode_local, f"20240131-{tag}-42=y.org", SECRET)
-        readable = _local(encode("42@y.org", DAY, SECRET, FQDN))
+        self.assertRaises(InvalidVerp, decode_local, f"20240131{TOKEN}-{tag}-42=y.org", SECRET)
+        readable = _local(encode("42@y.org", DAY, SECRET, FQDN, token=TOKEN))
         tag = readable.split("-")[1]
-        self.assertRaises(InvalidVerp, decode_local, f"20240131-{tag}-42", SECRET)
+        self.assertRaises(InvalidVerp, decode_local, f"20240131{TOKEN}-{tag}-42", SECRET)
 
     def test_garbled(self) -> None:
         """
         Malformed dates, escapes, ids and separators are refused as
         L{InvalidVerp}.
         """
-        address = encode("jane@example.org", DAY, SECRET, FQDN)
+        address = encode("jane@example.org", DAY, SECRET, FQDN, token=TOKEN)
         tag = _local(address).split("-")[1]
         for after in [
+            f"20240131{TOKEN}x-{tag}-jane=example.org",
+            f"20240131k3x7-{tag}-jane=example.org",
+            f"20240131k3x1q-{tag}-jane=example.org",
+            f"20240131-{TOKEN}-{tag}-jane=example.org",
             "",
             "-",
             "--",
@@ -371,24 +406,24 @@ class DecodeTests(SynchronousTestCase):
             f"2024013-{tag}-jane=example.org",
             f"2024-01-31-{tag}-jane=example.org",
             f"\uff12\uff10\uff12\uff14\uff10\uff11\uff13\uff11-{tag}-jane=example.org",
-            f"20240131-{tag}-jane",
-            f"20240131-{tag}-=example.org",
-            f"20240131-{tag}-jane=",
-            f"20240131-{tag}-jane=exa=mple.org",
-            f"20240131-{tag}-jane==example.org",
-            f"20240131-{tag}-ja+G1ne=example.org",
-            f"20240131-{tag}-jane+2=example.org",
-            f"20240131-{tag}-jane+=example.org",
-            f"20240131-{tag}-ja+FFne=example.org",
-            f"20240131-{tag}-ja+0Ane=example.org",
-            f"20240131-{tag}-ja-ne=example.org",
-            f"20240131-{tag}-ja ne=example.org",
-            f"20240131-{tag}-j\u00e4ne=example.org",
-            f"20240131-{tag}-0042",
-            f"20240131-{tag}-9223372036854775808",
-            f"20240131-{tag}-99999999999999999999999",
-            f"20240131-{tag}--1",
-            f"20240131-{tag}-",
+            f"20240131{TOKEN}-{tag}-jane",
+            f"20240131{TOKEN}-{tag}-=example.org",
+            f"20240131{TOKEN}-{tag}-jane=",
+            f"20240131{TOKEN}-{tag}-jane=exa=mple.org",
+            f"20240131{TOKEN}-{tag}-jane==example.org",
+            f"20240131{TOKEN}-{tag}-ja+G1ne=example.org",
+            f"20240131{TOKEN}-{tag}-jane+2=example.org",
+            f"20240131{TOKEN}-{tag}-jane+=example.org",
+            f"20240131{TOKEN}-{tag}-ja+FFne=example.org",
+            f"20240131{TOKEN}-{tag}-ja+0Ane=example.org",
+            f"20240131{TOKEN}-{tag}-ja-ne=example.org",
+            f"20240131{TOKEN}-{tag}-ja ne=example.org",
+            f"20240131{TOKEN}-{tag}-j\u00e4ne=example.org",
+            f"20240131{TOKEN}-{tag}-0042",
+            f"20240131{TOKEN}-{tag}-9223372036854775808",
+            f"20240131{TOKEN}-{tag}-99999999999999999999999",
+            f"20240131{TOKEN}-{tag}--1",
+            f"20240131{TOKEN}-{tag}-",
             "x" * 5000,
         ]:
             self.assertRaises(InvalidVerp, decode_local, after, SECRET)
@@ -450,8 +485,8 @@ class DecodeTests(SynchronousTestCase):
         """
         Ordinary short addresses need no id.
         """
-        info = decode(encode(recipient, day, SECRET, FQDN), SECRET, FQDN)
-        self.assertEqual(info, VerpInfo(day=day, email=recipient))
+        info = decode(encode(recipient, day, SECRET, FQDN, token=TOKEN), SECRET, FQDN)
+        self.assertEqual(info, VerpInfo(day=day, email=recipient, token=TOKEN))
 
     @hsettings
     @given(recipients, days, email_ids, st.sampled_from(["upper", "lower", "swapcase"]))
@@ -516,7 +551,7 @@ class DecodeTests(SynchronousTestCase):
     @hsettings
     @given(
         st.from_regex(
-            r"[0-9]{8}-[A-Za-z2-7]{8}-"
+            r"[0-9]{8}([A-Za-z2-7]{5})?-[A-Za-z2-7]{8}-"
             r"((?:[A-Za-z0-9._]|\+[0-9A-Fa-f]{2})+=(?:[A-Za-z0-9._]|\+[0-9A-Fa-f]{2})+"
             r"|[0-9]+)",
             fullmatch=True,
@@ -528,6 +563,76 @@ class DecodeTests(SynchronousTestCase):
         L{InvalidVerp} and nothing else.
         """
         self.assertRaises(InvalidVerp, decode_local, text, SECRET)
+
+
+class VersionOneTests(SynchronousTestCase):
+    """
+    Addresses signed before copy tokens (version 1) still verify while their
+    copies may bounce.
+    """
+
+    def test_pinned_addresses_decode(self) -> None:
+        """
+        Envelope senders made by the previous release decode, in both
+        forms, and name no copy.
+        """
+        readable = decode(
+            "bounces+20240131-p6wc4obs-jane+2Bdebian=example.org@tracker.example",
+            SECRET, FQDN)
+        self.assertEqual(readable, VerpInfo(DAY, email="jane+debian@example.org"))
+        self.assertIsNone(readable.copy)
+        compact = decode("bounces+20240131-6ebd3vcv-4711@tracker.example", SECRET, FQDN)
+        self.assertEqual(compact, VerpInfo(DAY, email_id=4711))
+        self.assertIsNone(compact.copy)
+
+    def test_case_changed(self) -> None:
+        """
+        A version-1 address whose case an MTA changed still verifies.
+        """
+        info = decode("BOUNCES+20240131-P6WC4OBS-JANE+2BDEBIAN=EXAMPLE.ORG@tracker.example",
+                      SECRET, FQDN)
+        self.assertEqual(_fold(info.email), "jane+debian@example.org")
+
+    def test_version_one_tag_does_not_take_a_token(self) -> None:
+        """
+        A genuine version-1 tag with a token added, or a version-2 tag with
+        the token taken away, does not verify: the versions are signed for
+        different purposes.
+        """
+        self.assertRaises(InvalidVerp, decode_local,
+                          f"20240131{TOKEN}-p6wc4obs-jane+2Bdebian=example.org", SECRET)
+        self.assertRaises(InvalidVerp, decode_local,
+                          "20240131-lgqkgurz-jane+2Bdebian=example.org", SECRET)
+
+
+class CopyTests(SynchronousTestCase):
+    """
+    Tests for L{VerpInfo.copy}, the identity of a copy.
+    """
+
+    def test_same_copy_whatever_the_case(self) -> None:
+        """
+        Two bounces to one address, one with its case changed by an MTA,
+        name the same copy.
+        """
+        address = encode("Jane@Example.org", DAY, SECRET, FQDN, token=TOKEN)
+        first = decode(address, SECRET, FQDN)
+        second = decode(address.upper().replace(FQDN.upper(), FQDN), SECRET, FQDN)
+        self.assertEqual(first.copy, second.copy)
+        self.assertEqual(first.copy, "20240131k3x7q:jane@example.org")
+
+    def test_copies_differ(self) -> None:
+        """
+        Another recipient, another day or another fan-out is another copy.
+        """
+        base = decode(encode("a@b.org", DAY, SECRET, FQDN, token=TOKEN), SECRET, FQDN)
+        others = [
+            encode("c@b.org", DAY, SECRET, FQDN, token=TOKEN),
+            encode("a@b.org", DAY + datetime.timedelta(days=1), SECRET, FQDN, token=TOKEN),
+            encode("a@b.org", DAY, SECRET, FQDN, token="aaaaa"),
+        ]
+        for address in others:
+            self.assertNotEqual(decode(address, SECRET, FQDN).copy, base.copy)
 
 
 class VerpInfoTests(SynchronousTestCase):

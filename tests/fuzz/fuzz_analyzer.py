@@ -1,6 +1,7 @@
 """
 atheris harness: the bounce analyzer. detect() never raises; its answers
-stay consistent. Seed it with tests/bounces/fixtures (see README).
+(reasons included) stay consistent. Seed it with tests/bounces/fixtures
+(see README).
 """
 
 import sys
@@ -9,7 +10,7 @@ import _common  # noqa: F401  (sys.path)
 import atheris
 
 with atheris.instrument_imports():
-    from trackermail.bounces import analyzer
+    from trackermail.bounces import analyzer, reasons
 
 
 def TestOneInput(data: bytes) -> None:
@@ -25,6 +26,15 @@ def TestOneInput(data: bytes) -> None:
     for r in analysis.recipients:
         if not isinstance(r.address, str):
             raise AssertionError(f"recipient {r!r}")
+        if r.reason not in reasons.REASONS:
+            raise AssertionError(f"reason of {r!r}")
+        if reasons.reason_group(r.reason, r.diagnostic) not in (
+                "ours", "gone", "persistent-soft", "other"):
+            raise AssertionError(f"group of {r!r}")
+    text = data.decode("latin-1")
+    if reasons.classify(None, text) not in reasons.REASONS:
+        raise AssertionError("classify")
+    reasons.reply_reason(550, text)
 
 
 if __name__ == "__main__":

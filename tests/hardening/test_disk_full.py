@@ -21,10 +21,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.ingress import FQDN, connect, replies
 from trackermail.errors import TemporaryFailure
-from trackermail.ingress import spool as spool_module
+from trackermail.ingress import spool_writer as spool_module
 from trackermail.ingress.lmtp import LMTPIngress
 from trackermail.ingress.smtp import SMTPIngress
-from trackermail.ingress.spool import Spool, SpoolWatcher
+from trackermail.ingress.spool import Spool
+from trackermail.processing import SpoolWatcher
 
 F = FQDN.encode()
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -144,7 +145,7 @@ class DiskFullTests(SynchronousTestCase):
         ])
         self.assertEqual(self.stored(spool), {})
         self.assert_clean_tmp(spool)
-        [first, _] = self.flushLoggedErrors(OSError)
+        [first] = self.flushLoggedErrors(OSError)
         self.assertEqual(first.value.errno, errno.ENOSPC)
 
     def test_directory_fsync_fails(self):
@@ -210,49 +211,44 @@ class DiskFullTests(SynchronousTestCase):
         self.assert_clean_tmp(spool)
         self.flushLoggedErrors(OSError)
 
-    def test_lmtp_partial_failure_defers_only_that_copy(self):
-        """LMTP: when the second copy no longer fits, only its recipient gets 451."""
+    def test_lmtp_failure_defers_every_recipient(self):
+        """LMTP: a transaction is one file, so a failed write defers all its recipients."""
         spool = self.make_spool(fsync=False)
         proto, t = self.session(spool)
-        calls = []
-        real_write_all = spool_module._write_all
-
-        def write_all(fd, *chunks):
-            calls.append(fd)
-            if len(calls) == 2:
-                raise ENOSPC
-            return real_write_all(fd, *chunks)
-
-        self.patch(spool_module, "_write_all", write_all)
+        self.patch(spool_module, "_write_all", lambda fd, *c: (_ for _ in ()).throw(ENOSPC))
         lines = self.send(proto, t, transaction(
             1, rcpts=(f"control@{FQDN}", f"dispatch@{FQDN}")))
-        self.assertTrue(lines[-2].startswith(b"250 2.0.0 <control@"))
-        self.assertEqual(lines[-1], b"451 4.3.0 <dispatch@" + F + b"> Error: queue file write error")
-        [data] = self.stored(spool).values()
-        self.assertIn(f"Delivered-To: control@{FQDN}".encode(), data)
+        self.assertEqual(lines[-2:], [
+            b"451 4.3.0 <control@" + F + b"> Error: queue file write error",
+            b"451 4.3.0 <dispatch@" + F + b"> Error: queue file write error",
+        ])
+        self.assertEqual(self.stored(spool), {})
+        self.assert_clean_tmp(spool)
         self.flushLoggedErrors(OSError)
 
-    def test_smtp_partial_failure_keeps_no_copy(self):
-        """ESMTP: a 451 for the transaction leaves no copy behind that the client's retry would duplicate."""
+    def test_thousand_recipients_while_the_disk_fills(self):
+        """
+        ESMTP, 1,000 recipients, the disk full: 451 and nothing at all in
+        new/, so the client's retry cannot produce duplicates.
+        """
         spool = self.make_spool(fsync=False)
         proto, t = self.session(spool, SMTPIngress)
-        calls = []
-        real_write_all = spool_module._write_all
-
-        def write_all(fd, *chunks):
-            calls.append(fd)
-            if len(calls) == 2:
-                raise ENOSPC
-            return real_write_all(fd, *chunks)
-
-        self.patch(spool_module, "_write_all", write_all)
-        lines = self.send(proto, t, transaction(
-            1, rcpts=(f"control@{FQDN}", f"dispatch@{FQDN}"), hello=b"EHLO"))
+        self.patch(spool_module, "_write_all", lambda fd, *c: (_ for _ in ()).throw(ENOSPC))
+        rcpts = [f"dispatch+pkg{i}@{FQDN}" for i in range(1000)]
+        lines = self.send(proto, t, transaction(1, rcpts=rcpts, hello=b"EHLO"))
         self.assertEqual(lines[-1], b"451 4.3.0 Error: queue file write error")
-        self.flushLoggedErrors(OSError)
-        # The client will send the whole message again, to both recipients.
         self.assertEqual(self.stored(spool), {})
+        self.assert_clean_tmp(spool)
+        self.flushLoggedErrors(OSError)
 
+    def test_no_room_refused_at_mail(self):
+        """Without room for the announced size (and a margin), MAIL gets 452 4.3.1."""
+        spool = self.make_spool(fsync=False)
+        self.patch(spool, "free_bytes", lambda: 3 * 1024 * 1024)
+        proto, t = self.session(spool, SMTPIngress)
+        lines = self.send(proto, t, b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=5000000\r\n"
+                                    b"MAIL FROM:<a@b.c> SIZE=1000\r\n")
+        self.assertEqual(lines[-2:], [b"452 4.3.1 Insufficient system storage", b"250 2.1.0 Ok"])
 
     def test_bookkeeping_on_full_disk_loses_nothing(self):
         """When even the retry state cannot be written, the message stays in new/ for the next scan."""
@@ -318,7 +314,7 @@ class RealTmpfsTests(SynchronousTestCase):
         with open(filler, "wb") as f:
             f.write(b"\0" * (1024 * 1024 - 200 * 1024))
         proto, t, _, _ = connect(protocol_class=LMTPIngress, spool=spool,
-                                 max_size=10 * 1024 * 1024)
+                                 max_size=10 * 1024 * 1024, space_margin=0)
         replies(t)
         proto.dataReceived(b"LHLO mta.example\r\n")
         replies(t)

@@ -16,8 +16,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.ingress import FQDN, FakeSpool, connect, replies
-from trackermail.ingress.lmtp import LMTPIngress, build_lmtp_factory
-from trackermail.ingress.smtp import SMTPIngress, build_smtp_factory
+from trackermail.ingress.lmtp import LMTPIngress
+from trackermail.ingress.service import build_lmtp_factory, build_smtp_factory
+from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 
 # Another domain, however disguised: Relay access denied.

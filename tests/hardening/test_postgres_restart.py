@@ -27,9 +27,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support.pipeline import FQDN, NOW, make_config
 from tests.support.stores import _admin_dsn, make_pg_store, test_database_dsn
 from trackermail.errors import StoreUnavailable
-from trackermail.ingress.spool import Spool, SpoolWatcher
+from trackermail.ingress.spool import Spool
 from trackermail.outbound.sender import OutboxSender
-from trackermail.processing import Processor
+from trackermail.processing import Processor, SpoolWatcher
 from trackermail.service import default_handlers
 from trackermail.store.outbox import delivery_rows, enqueue
 from trackermail.store.sql import Rows, Value

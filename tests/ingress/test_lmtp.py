@@ -50,26 +50,25 @@ class LMTPServerTests(SynchronousTestCase):
         self.assertTrue(lines[-3].startswith(b"550 5.1.1"))
         self.assertEqual(spool.recipients, [f"team+perl@{FQDN}", f"control@{FQDN}"])
         self.assertFalse(t.disconnecting)
-        spool.calls[1][3].callback("/b")
-        self.assertEqual(replies(t), [])
-        spool.calls[0][3].callback("/a")
+        self.assertEqual(len(spool.calls), 1)
+        spool.calls[0].deferred.callback("/a")
         lines = replies(t)
         self.assertRegex(lines[0], rb"^250 2\.0\.0 <team\+perl@" + F.replace(b".", rb"\.")
                          + rb"> Ok: queued as ")
         self.assertRegex(lines[1], rb"^250 2\.0\.0 <control@")
         self.assertEqual(lines[2], b"221 2.0.0 Bye")
 
-    def test_one_recipient_fails(self):
-        """A disk error for one recipient defers only that recipient."""
+    def test_disk_error_defers_every_recipient(self):
+        """A disk error defers every recipient of the transaction: nothing is half-stored."""
         proto, t, spool = self.start()
         proto.dataReceived(b"LHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<control@" + F + b">\r\n"
                            b"RCPT TO:<dispatch@" + F + b">\r\nDATA\r\n" + MESSAGE)
         replies(t)
-        spool.calls[0][3].errback(OSError(errno.ENOSPC, "No space left on device"))
-        spool.calls[1][3].callback("/x")
+        spool.calls[0].deferred.errback(OSError(errno.ENOSPC, "No space left on device"))
         lines = replies(t)
-        self.assertEqual(lines[0], b"451 4.3.0 <control@" + F + b"> Error: queue file write error")
-        self.assertTrue(lines[1].startswith(b"250 2.0.0 <dispatch@" + F + b">"))
+        self.assertEqual(lines, [
+            b"451 4.3.0 <control@" + F + b"> Error: queue file write error",
+            b"451 4.3.0 <dispatch@" + F + b"> Error: queue file write error"])
         self.flushLoggedErrors(OSError)
 
     def test_duplicate_recipients(self):

@@ -18,7 +18,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.ingress import FQDN
 from trackermail.ingress.lmtp import LMTPIngress
-from trackermail.ingress.smtp import IngressFactory, IngressSettings, SMTPIngress
+from trackermail.ingress.server import IngressFactory, IngressSettings
+from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 
 MESSAGE = (
@@ -74,11 +75,14 @@ class LoopbackTests(TestCase):
         return port.getHost()
 
     def stored(self):
-        names = self.spool.list_new()
-        return [open(self.spool.new_path(n), "rb").read() for n in names]
+        """The stored messages (without their envelope lines)."""
+        return [self.spool.open_message(n).body().read() for n in self.spool.list_new()]
+
+    def envelopes(self):
+        return [self.spool.open_message(n).envelope for n in self.spool.list_new()]
 
     async def test_smtplib_smtp(self):
-        """Python's smtplib delivers over ESMTP and each recipient gets a durable copy."""
+        """Python's smtplib delivers over ESMTP: one durable file for both recipients."""
         host = await self.listen(SMTPIngress)
 
         def send():
@@ -90,12 +94,11 @@ class LoopbackTests(TestCase):
 
         refused = await threads.deferToThread(send)
         self.assertEqual(refused, {})
-        copies = self.stored()
-        self.assertEqual(len(copies), 2)
-        delivered = sorted(c.split(b"\n")[1] for c in copies)
-        self.assertEqual(delivered, [f"Delivered-To: control@{FQDN}".encode(),
-                                     f"Delivered-To: dispatch+foo_bts@{FQDN}".encode()])
-        self.assertTrue(copies[0].endswith("body \u00e9\n.line with a dot\n".encode()))
+        (copy,) = self.stored()
+        (envelope,) = self.envelopes()
+        self.assertEqual(envelope.recipients, (f"control@{FQDN}", f"dispatch+foo_bts@{FQDN}"))
+        self.assertEqual(envelope.sender, "someone@example.com")
+        self.assertTrue(copy.endswith("body \u00e9\n.line with a dot\n".encode()))
 
     async def test_smtplib_refuses_relay(self):
         """smtplib sees 550 for a recipient in another domain."""
@@ -121,8 +124,8 @@ class LoopbackTests(TestCase):
                 return c.sendmail("", [f"bounces+x@{FQDN}"], MESSAGE)
 
         self.assertEqual(await threads.deferToThread(send), {})
-        (copy,) = self.stored()
-        self.assertTrue(copy.startswith(b"Return-Path: <>\nDelivered-To: bounces+x@"))
+        (envelope,) = self.envelopes()
+        self.assertEqual((envelope.sender, envelope.recipients), ("", (f"bounces+x@{FQDN}",)))
 
     async def test_lmtp_unix_socket(self):
         """LMTP over a UNIX socket (as Postfix's lmtp transport uses it) works."""
@@ -139,7 +142,7 @@ class LoopbackTests(TestCase):
 
     async def test_smtp_starttls(self):
         """smtplib upgrades to TLS and then delivers; the Received: line says ESMTPS."""
-        from trackermail.ingress.smtp import tls_context_from_files
+        from trackermail.ingress.server import tls_context_from_files
 
         directory = self.mktemp()
         os.makedirs(directory)
@@ -177,7 +180,7 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         copies = self.stored()
         self.assertEqual(len(copies), 20)
-        self.assertTrue(all(f"Delivered-To: dispatch+foo@{FQDN}".encode() in c for c in copies))
+        self.assertTrue(all(e.recipients == (f"dispatch+foo@{FQDN}",) for e in self.envelopes()))
 
 
 CHILD = r"""
@@ -185,7 +188,7 @@ import sys
 sys.path.insert(0, sys.argv[2])
 from twisted.internet import reactor
 from trackermail.config import config_from_dict
-from trackermail.ingress.lmtp import build_lmtp_factory
+from trackermail.ingress.service import build_lmtp_factory
 from trackermail.ingress.spool import Spool
 config = config_from_dict({"tracker": {"fqdn": "tracker.example.org", "dev": True}},
                           warn=lambda m: None)

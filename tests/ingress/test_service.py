@@ -4,18 +4,21 @@ Tests of the ingress wiring helpers.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from trackermail.config import config_from_dict
 from trackermail.errors import ConfigError
-from trackermail.ingress.lmtp import LMTPIngress, build_lmtp_factory
+from trackermail.ingress.lmtp import LMTPIngress
 from trackermail.ingress.service import (
+    build_lmtp_factory,
+    build_smtp_factory,
     make_ingress_services,
     make_spool,
-    make_spool_watcher,
 )
-from trackermail.ingress.smtp import SMTPIngress, build_smtp_factory
+from trackermail.ingress.smtp import SMTPIngress
 from trackermail.ingress.spool import Spool
 
 
@@ -60,12 +63,18 @@ class IngressServiceTests(SynchronousTestCase):
                               task.Clock())
         self.assertIn("[smtp] tls_certificate", str(e))
 
-    def test_spool_and_watcher(self):
-        """The spool and watcher follow [spool]."""
+    def test_spool(self):
+        """The spool follows [spool]."""
         path = self.mktemp()
-        c = config(spool={"path": path, "concurrency": 3, "rescan_interval": 30,
-                          "fsync": False})
+        c = config(spool={"path": path, "fsync": False})
         spool = make_spool(c, task.Clock())
-        self.assertFalse(spool.fsync)
-        w = make_spool_watcher(c, spool, lambda p: None, task.Clock())
-        self.assertEqual((w.concurrency, w.rescan_interval), (3, 30))
+        self.assertEqual((spool.path, spool.fsync), (os.path.abspath(path), False))
+
+    def test_limits(self):
+        """The servers' limits follow [limits]."""
+        c = config(limits={"max_connections": 7, "max_connections_per_ip": 3,
+                           "max_recipients": 9, "idle_timeout": 11, "transaction_time": 12,
+                           "min_data_rate": 13})
+        s = build_lmtp_factory(c, Spool(self.mktemp()), task.Clock()).settings
+        self.assertEqual((s.max_connections, s.max_connections_per_ip, s.max_recipients,
+                          s.timeout, s.transaction_time, s.min_data_rate), (7, 3, 9, 11, 12, 13))

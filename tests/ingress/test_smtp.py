@@ -5,7 +5,6 @@ Protocol tests of the ESMTP server over StringTransport.
 from __future__ import annotations
 
 import errno
-import re
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ITLSTransport
@@ -82,8 +81,9 @@ class SMTPServerTests(SynchronousTestCase):
         proto, t, spool, _ = self.start()
         proto.dataReceived(ENVELOPE + b"Subject: x\r\n\r\nbody\r\n.\r\n")
         data = spool.calls[0][0]
-        self.assertRegex(data, rb"\nMessage-ID: <[0-9A-F]+\.[0-9a-f]+\.[0-9]+@" + re.escape(FQDN.encode())
-                         + rb">\nSubject: x\n\nbody\n$")
+        queue_id = spool.calls[0].envelope.queue_id
+        self.assertTrue(data.endswith(b"\nMessage-ID: <" + queue_id.encode() + b"@"
+                                      + FQDN.encode() + b">\nSubject: x\n\nbody\n"), data)
 
     def test_headerless_message(self):
         """A message without headers keeps its first line in the body."""
@@ -168,14 +168,22 @@ class SMTPServerTests(SynchronousTestCase):
                                       b"250 2.0.0 Ok"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
-    def test_partial_failure_is_temporary(self):
-        """If one copy of several fails, SMTP answers 451 for the whole message."""
+    def test_one_transaction_one_file(self):
+        """
+        All recipients of a transaction go into one spool file with their
+        routes, so a 451 leaves nothing to process and a 250 covers all.
+        """
         proto, t, spool, _ = self.start()
         proto.dataReceived(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<control@" + FQDN.encode() + b">\r\n"
-                           b"RCPT TO:<dispatch@" + FQDN.encode() + b">\r\nDATA\r\n" + MESSAGE)
+                           b"RCPT TO:<dispatch+dpkg_bts@" + FQDN.encode() + b">\r\n"
+                           b"DATA\r\n" + MESSAGE)
         replies(t)
-        spool.calls[0][3].callback("/x")
-        spool.calls[1][3].errback(OSError(errno.EIO, "I/O error"))
+        [stored] = spool.calls
+        self.assertEqual(stored.envelope.recipients,
+                         (f"control@{FQDN}", f"dispatch+dpkg_bts@{FQDN}"))
+        self.assertEqual([(r.service, r.package, r.keyword) for r in stored.envelope.routes],
+                         [("control", None, None), ("dispatch", "dpkg", "bts")])
+        stored.deferred.errback(OSError(errno.EIO, "I/O error"))
         self.assertEqual(replies(t), [b"451 4.3.0 Error: queue file write error"])
         self.flushLoggedErrors(OSError)
 
@@ -203,6 +211,30 @@ class SMTPServerTests(SynchronousTestCase):
         proto.dataReceived(b"NOOP " + b"x" * 20000)
         proto.dataReceived(b"y" * 100 + b"\r\nNOOP\r\n")
         self.assertEqual(replies(t), [b"500 5.5.2 Error: line too long", b"250 2.0.0 Ok"])
+
+    def test_long_line_in_small_chunks_one_reply(self):
+        """A 1 MiB line sent in 4 KiB pieces gets one 500, not one per piece."""
+        proto, t, _, _ = self.start()
+        for _ in range(256):
+            proto.dataReceived(b"x" * 4096)
+        proto.dataReceived(b"\r\nNOOP\r\n")
+        self.assertEqual(replies(t), [b"500 5.5.2 Error: line too long", b"250 2.0.0 Ok"])
+
+    def test_bare_lf_command(self):
+        """A command ending in a bare LF is answered like one ending in CRLF."""
+        proto, t, _, _ = self.start()
+        proto.dataReceived(b"EHLO me\nNOOP\nMAIL FROM:<a@b.c>\n")
+        lines = replies(t)
+        self.assertEqual(lines[0], f"250-{FQDN}".encode())
+        self.assertEqual(lines[-2:], [b"250 2.0.0 Ok", b"250 2.1.0 Ok"])
+
+    def test_bare_lf_dot_does_not_end_data(self):
+        """In DATA only CRLF.CRLF ends the message: a bare-LF dot is body text (smuggling)."""
+        proto, t, spool, _ = self.start()
+        proto.dataReceived(ENVELOPE + b"Subject: x\r\n\r\nline\n.\nMAIL FROM:<x@y.z>\r\n")
+        self.assertEqual(spool.calls, [])
+        proto.dataReceived(b".\r\n")
+        self.assertIn(b"line\n.\nMAIL FROM:<x@y.z>\n", spool.calls[0].data)
 
     def test_sequence_errors(self):
         """RCPT before MAIL, DATA before RCPT and a second MAIL get 503 5.5.1."""
@@ -324,6 +356,16 @@ class STARTTLSTests(SynchronousTestCase):
         proto.dataReceived(b"RCPT TO:<control@" + FQDN.encode() + b">\r\n")
         self.assertEqual(replies(t), [b"503 5.5.1 Error: need MAIL command"])
 
+    def test_mail_needs_ehlo_after_starttls(self):
+        """After STARTTLS, MAIL is refused until the client says EHLO again."""
+        proto, t, _ = self.start()
+        proto.dataReceived(b"EHLO me\r\nSTARTTLS\r\n")
+        replies(t)
+        proto.dataReceived(b"MAIL FROM:<a@b.c>\r\nEHLO me\r\nMAIL FROM:<a@b.c>\r\n")
+        lines = replies(t)
+        self.assertEqual(lines[0], b"503 5.5.1 Error: send EHLO first (after STARTTLS)")
+        self.assertEqual(lines[-1], b"250 2.1.0 Ok")
+
     def test_session_reset(self):
         """A transaction begun before STARTTLS is forgotten."""
         proto, t, _ = self.start()
@@ -343,7 +385,7 @@ class STARTTLSTests(SynchronousTestCase):
 class ReceivedLogTests(SynchronousTestCase):
     def test_message_id_of_stored_message(self):
         """The received log line names the Message-ID found in the header block only."""
-        from trackermail.ingress.smtp import message_id_of
+        from trackermail.ingress.stamping import message_id_of
 
         self.assertEqual(message_id_of(b"Subject: x\nMessage-Id:  <a@b>\n\nMessage-ID: <no>\n"),
                          "<a@b>")

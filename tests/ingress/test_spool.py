@@ -15,8 +15,15 @@ from twisted.python.runtime import platform
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from trackermail.errors import PermanentFailure, TemporaryFailure
-from trackermail.ingress import spool as spool_module
-from trackermail.ingress.spool import Spool, SpoolWatcher
+from trackermail.ingress import spool_writer as spool_module
+from trackermail.ingress.spool import (
+    Envelope,
+    Spool,
+    envelope_sender_of,
+    new_queue_id,
+    open_message,
+)
+from trackermail.processing import SpoolWatcher
 
 
 def sync_runner(f, *args):
@@ -59,27 +66,34 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(s.path)), ["broken", "failed", "new", "retry", "tmp"])
 
     def test_deliver(self):
-        """A delivered message is in new/ with Return-Path and Delivered-To, and tmp/ is empty."""
+        """A delivered message is in new/ behind its envelope line, and tmp/ is empty."""
         s = self.make()
         path = self.successResultOf(s.deliver(b"Subject: x\n\nbody\n", "control@t.org", "a@b.c"))
         self.assertEqual(os.path.dirname(path), s.dir("new"))
+        message = open_message(path)
+        self.assertEqual(message.envelope.recipients, ("control@t.org",))
+        self.assertEqual(message.envelope.sender, "a@b.c")
+        self.assertEqual(message.envelope.queue_id, os.path.basename(path))
+        self.assertEqual(message.head(100), b"Subject: x\n\nbody\n")
         with open(path, "rb") as f:
-            self.assertEqual(f.read(), b"Return-Path: <a@b.c>\nDelivered-To: control@t.org\n"
-                                       b"Subject: x\n\nbody\n")
+            self.assertTrue(f.readline().startswith(b"TRACKERMAIL-SPOOL/1 {"))
         self.assertEqual(os.listdir(s.dir("tmp")), [])
 
     def test_null_and_no_sender(self):
-        """The null sender is Return-Path <>; no sender means no Return-Path."""
+        """The null sender is kept as "", an unknown one as None."""
         s = self.make()
         p1 = self.successResultOf(s.deliver(b"x\n", "control@t.org", ""))
         p2 = self.successResultOf(s.deliver(b"x\n", "control@t.org", None))
-        self.assertTrue(open(p1, "rb").read().startswith(b"Return-Path: <>\n"))
-        self.assertTrue(open(p2, "rb").read().startswith(b"Delivered-To: "))
+        self.assertEqual(open_message(p1).envelope.sender, "")
+        self.assertIsNone(open_message(p2).envelope.sender)
 
     def test_header_injection(self):
-        """A recipient with a line break is refused."""
+        """A recipient with a line break stays one envelope field: it cannot add lines."""
         s = self.make()
-        self.failureResultOf(s.deliver(b"x", "a@b\nBcc: x@y", None), ValueError)
+        path = self.successResultOf(s.deliver(b"Subject: x\n\n", "a@b\nBcc: x@y", None))
+        message = open_message(path)
+        self.assertEqual(message.envelope.recipients, ("a@b\nBcc: x@y",))
+        self.assertEqual(message.head(100), b"Subject: x\n\n")
 
     def test_unique_names(self):
         """Every delivery gets its own file."""
@@ -463,3 +477,103 @@ class RetryStateFormatTests(SynchronousTestCase):
         s.write_retry_state("m", {"attempts": 1, "next": 5})
         with open(os.path.join(s.dir("retry"), "m")) as f:
             self.assertEqual(json.load(f), {"attempts": 1, "next": 5})
+
+
+class TransactionWriterTests(SynchronousTestCase):
+    def make(self):
+        s = Spool(self.mktemp(), reactor=task.Clock(), runner=sync_runner,
+                  write_runner=sync_runner)
+        self.addCleanup(s.close)
+        return s
+
+    def envelope(self, *rcpts):
+        return Envelope(new_queue_id(), "a@b.c", rcpts or ("control@t.org",))
+
+    def test_big_message_streams_to_tmp(self):
+        """A big message is in tmp/ before its commit, and only in new/ after it."""
+        s = self.make()
+        writer = s.open_transaction(self.envelope())
+        for _ in range(10):
+            writer.write(b"x" * 100_000 + b"\n")
+        self.assertEqual(os.listdir(s.dir("tmp")), [writer.name])
+        self.assertLess(writer.pending, spool_module.FLUSH_AT)
+        self.assertEqual(os.listdir(s.dir("new")), [])
+        path = self.successResultOf(writer.commit())
+        self.assertEqual(os.listdir(s.dir("tmp")), [])
+        message = open_message(path)
+        self.assertEqual(message.size, 10 * 100_001)
+        self.assertEqual(b"".join(message.body().chunks(65536)), (b"x" * 100_000 + b"\n") * 10)
+
+    def test_abort_leaves_nothing(self):
+        """An aborted transaction leaves no file, even after part of it was written."""
+        s = self.make()
+        writer = s.open_transaction(self.envelope())
+        writer.write(b"y" * 600_000)
+        writer.abort()
+        self.assertEqual(os.listdir(s.dir("tmp")) + os.listdir(s.dir("new")), [])
+
+    def test_streaming_write_error_fails_the_commit(self):
+        """A write error while streaming (disk full) fails the commit; nothing stays."""
+        s = self.make()
+        self.patch(spool_module, "_write_all", lambda fd, *c: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device")))
+        writer = s.open_transaction(self.envelope())
+        writer.write(b"y" * 600_000)
+        self.failureResultOf(writer.commit(), OSError)
+        self.assertEqual(os.listdir(s.dir("tmp")) + os.listdir(s.dir("new")), [])
+
+    def test_envelope_round_trip(self):
+        """Recipients, their routes and the sender come back as they were written."""
+        from trackermail.routing import route_address
+
+        s = self.make()
+        rcpts = ("control@t.org", "dispatch+dpkg_bts@t.org")
+        routes = tuple(route_address(r, "t.org", False) for r in rcpts)
+        envelope = Envelope(new_queue_id(), "", rcpts, routes, 12.5, "LMTP", "127.0.0.1")
+        writer = s.open_transaction(envelope)
+        writer.write(b"Subject: x\n\n")
+        message = open_message(self.successResultOf(writer.commit()))
+        self.assertEqual(message.envelope, envelope)
+
+
+class OpenMessageTests(SynchronousTestCase):
+    def write(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_legacy_spool_file(self):
+        """A file of the older spool: its delivery lines are read, not forwarded."""
+        message = open_message(self.write(
+            b"Return-Path: <a@b.c>\nDelivered-To: control@t.org\nSubject: x\n\nbody\n"))
+        self.assertIsNone(message.envelope)
+        self.assertEqual(message.delivery_lines, (("Return-Path", "<a@b.c>"),
+                                                  ("Delivered-To", "control@t.org")))
+        self.assertEqual(message.head(100), b"Subject: x\n\nbody\n")
+        self.assertEqual(envelope_sender_of(message), "a@b.c")
+
+    def test_mbox_from_line(self):
+        """A leading mbox From line is not part of the message."""
+        message = open_message(self.write(b"From a@b.c Mon Jan 1 00:00:00 2024\nSubject: x\n\n"))
+        self.assertEqual(message.head(100), b"Subject: x\n\n")
+
+    def test_bad_envelope(self):
+        """A spool file whose envelope line is garbage is reported, not misread."""
+        from trackermail.ingress.spool import BadSpoolFile
+
+        self.assertRaises(BadSpoolFile, open_message,
+                          self.write(b"TRACKERMAIL-SPOOL/1 {not json\nSubject: x\n\n"))
+
+    def test_counts_and_space(self):
+        """Counts and the free-space check read the spool without creating anything."""
+        from trackermail.ingress.spool import spool_counts, writable_problem
+
+        missing = os.path.join(self.mktemp(), "nowhere")
+        self.assertEqual(spool_counts(missing)["new"], (None, None))
+        self.assertFalse(os.path.exists(missing))
+        s = Spool(self.mktemp(), runner=sync_runner)
+        self.addCleanup(s.close)
+        self.assertIsNone(writable_problem(s.path, 1024))
+        problem = writable_problem(s.path, 2**62)
+        self.assertIn("less than a message of the maximum size", problem)

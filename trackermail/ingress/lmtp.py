@@ -4,18 +4,14 @@ The LMTP server (RFC 2033) on C{[lmtp] listen}.
 
 Twisted has no LMTP: this is the ESMTP machinery of L{smtp} with C{LHLO}
 instead of HELO/EHLO and, after the final dot, one reply per accepted
-recipient in RCPT order (duplicates included), so a disk error for one copy
-defers only that recipient.
+recipient in RCPT order (duplicates included). The transaction is one
+spool file, so every recipient gets the same reply.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from trackermail.ingress.smtp import (
-    IngressFactory,
     IngressProtocol,
-    settings_from_config,
 )
 
 
@@ -33,17 +29,9 @@ class LMTPIngress(IngressProtocol):
 
     do_EHLO = do_HELO
 
-    def _reply_after_data(self, rcpts: list[str], outcomes: dict[str, tuple[int, bytes]],
+    def _reply_after_data(self, rcpts: list[str], reply: tuple[int, bytes],
                           queue_id: str) -> None:
+        # One transaction, one file: every recipient gets the same outcome.
+        code, text = reply
         for rcpt in rcpts:
-            code, text = outcomes[rcpt.lower()]
             self.sendCode(code, text[:6] + b"<" + rcpt.encode("ascii", "replace") + b"> " + text[6:])
-
-
-def build_lmtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
-    """
-    The LMTP server factory for C{config} (no STARTTLS: LMTP is local).
-    """
-    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=False))
-    factory.protocol = LMTPIngress
-    return factory

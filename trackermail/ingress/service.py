@@ -1,19 +1,19 @@
 # -*- test-case-name: tests.ingress.test_service -*-
 """
-Wiring helpers: the listening services and the spool watcher for a Config.
+Wiring helpers: the spool and the listening services for a Config.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
 
 from trackermail.endpoints import ListeningService
-from trackermail.ingress.lmtp import build_lmtp_factory
-from trackermail.ingress.smtp import build_smtp_factory
-from trackermail.ingress.spool import Spool, SpoolWatcher
+from trackermail.ingress.lmtp import LMTPIngress
+from trackermail.ingress.server import IngressFactory, settings_from_config
+from trackermail.ingress.smtp import SMTPIngress
+from trackermail.ingress.spool import Spool
 
 
 def make_spool(config: Any, reactor: Any) -> Spool:
@@ -40,16 +40,18 @@ def make_ingress_services(config: Any, spool: Spool, reactor: Any) -> list[IServ
     return services
 
 
-def make_spool_watcher(config: Any, spool: Spool, process: Callable[[str], Deferred],
-                       reactor: Any) -> SpoolWatcher:
+def build_smtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
     """
-    The watcher feeding C{spool} to C{process} with the configured
-    concurrency and rescan interval.
+    The ESMTP server factory for C{config} (STARTTLS when a certificate and
+    key are configured).
     """
-    return SpoolWatcher(
-        spool,
-        process,
-        clock=reactor,
-        concurrency=config.spool.concurrency,
-        rescan_interval=config.spool.rescan_interval,
-    )
+    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=True))
+    factory.protocol = SMTPIngress
+    return factory
+
+
+def build_lmtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
+    """The LMTP server factory for C{config} (no STARTTLS: LMTP is local)."""
+    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=False))
+    factory.protocol = LMTPIngress
+    return factory

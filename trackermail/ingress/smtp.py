@@ -1,38 +1,45 @@
 # -*- test-case-name: tests.ingress.test_smtp -*-
 """
-The ESMTP server (and the machinery the LMTP server shares with it).
+The ESMTP server protocol (and what the LMTP server shares with it).
 
 Built on C{twisted.mail.smtp.ESMTP} for command dispatch, address parsing
-and STARTTLS, with the traps listed in TWISTED-NOTES (a) closed:
+and STARTTLS, with the traps of Twisted's server closed:
 
   - input is read by our own framing: commands are lines of at most
-    C{MAX_LENGTH} bytes, message data is scanned for the terminating
-    C{CRLF.CRLF} however long its lines are, so body text can never be
-    taken for commands;
-  - while the spool writes a message, input is held and the transport paused,
-    so pipelined commands are answered in order and nothing after the dot is
-    answered before the message's own reply;
+    C{MAX_LENGTH} bytes (a longer one gets one 500 and is skipped; a bare
+    LF ends a command too), message data streams through a
+    L{DataDecoder} into the spool as it arrives, so body text is never
+    taken for commands and memory never depends on message size;
+  - a transaction is one spool file for all its recipients, made visible
+    by one rename: a 250 means all of them will be processed, a 4xx that
+    none will;
+  - while the spool commits a message, input is held and the transport
+    paused, so pipelined commands are answered in order and nothing after
+    the dot is answered before the message's own reply;
   - recipient checks are synchronous (L{route_address});
-  - SIZE, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES are advertised and
-    honoured, NOOP/VRFY/HELP exist, EHLO works over UNIX sockets;
-  - STARTTLS drops whatever was pipelined after it and resets the session.
+  - limits: connections (in total and per client address, 421 beyond), a
+    short idle timeout under connection stress, recipients per
+    transaction, the time of a whole transaction and the rate of its data;
+  - STARTTLS drops whatever was pipelined after it, resets the session,
+    and a new EHLO is needed before MAIL.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import time
-from email.utils import formatdate
 from typing import Any
 
-from twisted.internet import defer, protocol
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.mail.smtp import COMMAND, DATA, ESMTP, Address, AddressError
 
-from trackermail.ingress.spool import process_token
+from trackermail.ingress.server import mail_parameters
+from trackermail.ingress.spool import Envelope, new_queue_id
+from trackermail.ingress.stamping import (
+    DataDecoder,
+    Stamper,
+    peer_description,
+    received_line,
+)
 from trackermail.routing import Rejection, route_address
 
 log = Logger()
@@ -46,68 +53,26 @@ _DEFAULT_STATUS = {
 # Replies that carry no enhanced status code (RFC 2034 section 3).
 _NO_STATUS = {334, 354}
 
-_HEADER_LINE_RE = re.compile(rb"^[!-9;-~]+:")
-_MESSAGE_ID_RE = re.compile(rb"(?im)^message-id[ \t]*:")
+#: Bytes a writer may hold before the client is paused.
+HIGH_WATER = 1024 * 1024
+#: How often the data rate of a DATA phase is checked (seconds).
+RATE_CHECK = 10.0
 
-MAX_RECIPIENTS = 1000
-
-_queue_counter = itertools.count(1)
-
-
-def new_queue_id() -> str:
-    """
-    A short id naming one transaction in replies, logs and the Received:
-    line (unique per process run; the Message-ID adds the process token).
-    """
-    return f"{int(time.time()) & 0xFFFFFF:06X}{next(_queue_counter):06X}"
-
-
-def _printable(value: bytes, limit: int = 255) -> str:
-    text = value[:limit].decode("ascii", "replace")
-    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in text) or "unknown"
-
-
-def peer_description(address: Any) -> tuple[bytes, str]:
-    """
-    (bytes for the HELO reply, text for the Received: line) of a peer;
-    UNIX socket peers have no C{host}.
-    """
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        host = address.host
-        return host.encode("ascii"), f"[{host}]"
-    host = getattr(address, "host", None)
-    if isinstance(host, str):
-        return host.encode("ascii", "replace"), f"[{host}]"
-    return b"localhost", "local socket"
-
-
-class IngressSettings:
-    """
-    What a server needs to know; held by the factory.
-    """
-
-    def __init__(self, *, fqdn: str, accept_unqualified: bool, max_message_size: int,
-                 spool: Any, reactor: Any, tls_context: Any = None, timeout: int = 300):
-        self.fqdn = fqdn.lower()
-        self.accept_unqualified = accept_unqualified
-        self.max_message_size = max_message_size
-        self.spool = spool
-        self.reactor = reactor
-        self.tls_context = tls_context
-        self.timeout = timeout
+_TOO_BIG = (552, b"5.3.4 Error: message file too big")
+_WRITE_ERROR = (451, b"4.3.0 Error: queue file write error")
 
 
 class IngressProtocol(ESMTP):
     """
     Common server side of our ESMTP and LMTP: one transaction at a time,
-    every accepted message stored once per distinct recipient.
+    every accepted transaction stored once for all its recipients.
     """
 
     MAX_LENGTH = 16384
     protocol_name = "ESMTP"
     noisy = False
 
-    def __init__(self, settings: IngressSettings):
+    def __init__(self, settings: Any):
         ESMTP.__init__(self, chal={}, contextFactory=settings.tls_context)
         self.settings = settings
         self.host = settings.fqdn.encode("ascii")
@@ -120,6 +85,10 @@ class IngressProtocol(ESMTP):
         self._skip_long_line = False
         self._restart_input = False
         self._lost = False
+        self._admitted: str | None = None
+        self._need_hello = False
+        self._transaction_timer: Any = None
+        self._rate_timer: Any = None
         self._reset_transaction()
 
     # Session state
@@ -127,25 +96,83 @@ class IngressProtocol(ESMTP):
     def _reset_transaction(self) -> None:
         self._sender: str | None = None
         self._rcpts: list[str] = []
-        self._data = bytearray()
-        self._data_size = 0
+        self._routes: dict[str, Any] = {}
+        self._decoder: DataDecoder | None = None
+        self._writer: Any = None
+        self._stamper: Stamper | None = None
+        self._size = 0
         self._too_big = False
+        self._data_started = 0.0
+        self._queue_id = ""
+        self._cancel_timers()
         # Twisted's own fields, kept empty so inherited code sees no
         # transaction of its own.
         self._from = None
         self._to = []
 
+    def _cancel_timers(self) -> None:
+        for name in ("_transaction_timer", "_rate_timer"):
+            timer = getattr(self, name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
     def greeting(self) -> bytes:
         return self.host + b" ESMTP trackermail"
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        helo_host, _ = peer_description(peer)
+        self._helo = (None, helo_host)
+        client = helo_host.decode("ascii", "replace")
+        refused = self.factory.admit(client) if self.factory is not None else None
+        if refused is not None:
+            log.info("refused a connection from {client}: {reason}", client=client,
+                     reason=refused)
+            self._send_plain(421, b"4.7.0 " + self.host + b" Error: " + refused.encode()
+                             + b"; try again later")
+            self._lost = True
+            self.transport.loseConnection()
+            return
+        self._admitted = client
+        if self.factory is not None:
+            self.factory.protocols.add(self)
+        self.canStartTLS = self._can_start_tls()
+        self._send_plain(220, self.greeting())
+        self.setTimeout(self._idle_timeout())
 
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.mode = COMMAND
+        if self._writer is not None:
+            self._writer.abort()
+        self._reset_transaction()
+        if self._admitted is not None and self.factory is not None:
+            self.factory.protocols.discard(self)
+            self.factory.release(self._admitted)
+            self._admitted = None
         ESMTP.connectionLost(self, reason)
 
+    def _idle_timeout(self) -> float:
+        if self.factory is not None and self.factory.stressed:
+            return min(self.settings.stress_timeout, self.settings.timeout)
+        return self.settings.timeout
+
+    def shorten_idle_timeout(self) -> None:
+        """Use the stress timeout from now on if it is shorter (see the factory)."""
+        period = self._idle_timeout()
+        if self.timeOut is not None and period < self.timeOut and self.mode != DATA:
+            self.setTimeout(period)
+
     def timeoutConnection(self) -> None:
+        self._abort_transaction()
         self.sendCode(421, b"4.4.2 " + self.host + b" Error: timeout exceeded")
         self.transport.loseConnection()
+
+    def _can_start_tls(self) -> bool:
+        from twisted.internet.interfaces import ITLSTransport
+
+        return self.ctx is not None and ITLSTransport.providedBy(self.transport)
 
     # Replies
 
@@ -170,25 +197,19 @@ class IngressProtocol(ESMTP):
             return
         ESMTP.sendCode(self, code, message)
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self._helo = (None, peer_description(peer)[0])
-        self.canStartTLS = self._can_start_tls()
-        self._send_plain(220, self.greeting())
-        self.setTimeout(self.timeout)
-
-    def _can_start_tls(self) -> bool:
-        from twisted.internet.interfaces import ITLSTransport
-
-        return self.ctx is not None and ITLSTransport.providedBy(self.transport)
-
     # Input framing
 
     def dataReceived(self, data: bytes) -> None:
+        if self._lost:
+            return
         if self._blocked:
             self._held.append(data)
             return
-        self.resetTimeout()
+        period = self._idle_timeout()
+        if period != self.timeOut:
+            self.setTimeout(period)
+        else:
+            self.resetTimeout()
         self._in += data
         self._drain()
 
@@ -205,24 +226,24 @@ class IngressProtocol(ESMTP):
         buf = self._in
         pos = 0
         try:
-            while not self._blocked and not self._lost and not self.transport.disconnecting:
+            while (not self._blocked and not self._lost and pos < len(buf)
+                   and not self.transport.disconnecting):
                 if self.mode == DATA:
-                    consumed = self._consume_data(buf, pos)
-                    if consumed < 0:
-                        pos = len(buf)
-                        break
-                    pos = consumed
+                    rest = self._consume_data(bytes(memoryview(buf)[pos:]))
+                    pos = len(buf) if rest is None else len(buf) - len(rest)
                     continue
-                end = buf.find(b"\r\n", pos)
+                end = buf.find(b"\n", pos)
                 if end < 0:
                     if len(buf) - pos > self.MAX_LENGTH:
-                        # Keep swallowing this line until its CRLF comes.
+                        # Swallow this line until its end comes, answering
+                        # once, not once per chunk.
+                        if not self._skip_long_line:
+                            self.sendCode(500, b"5.5.2 Error: line too long")
                         self._skip_long_line = True
                         pos = len(buf)
-                        self.sendCode(500, b"5.5.2 Error: line too long")
                     break
-                line = bytes(buf[pos:end])
-                pos = end + 2
+                line = bytes(buf[pos:end]).rstrip(b"\r")
+                pos = end + 1
                 if self._skip_long_line:
                     self._skip_long_line = False
                     continue
@@ -238,34 +259,33 @@ class IngressProtocol(ESMTP):
         finally:
             del buf[:pos]
 
-    def _consume_data(self, buf: bytearray, pos: int) -> int:
+    def _consume_data(self, data: bytes) -> bytes | None:
         """
-        Move message data from C{buf[pos:]} into the transaction. Returns the
-        position after the terminating dot, or -1 when it has not come yet.
+        Stream DATA bytes into the spool writer. Returns the bytes after the
+        terminating dot, or None when it has not come yet.
         """
-        data = self._data
-        scan_from = max(len(data) - 4, 0)
-        chunk = memoryview(buf)[pos:]
-        self._data_size += len(chunk)
-        data += chunk
-        chunk.release()
-        end = data.find(b"\r\n.\r\n", scan_from)
-        if end < 0:
-            if self._data_size > self.settings.max_message_size + 3:
-                # Too big: keep only what could start the terminator.
+        decoded, rest = self._decoder.feed(data)
+        if decoded and not self._too_big:
+            self._size += len(decoded)
+            if self._size > self.settings.max_message_size:
                 self._too_big = True
-                del data[:-4]
-            return -1
-        taken = len(data) - (end + 5)
-        self._data_size -= taken
-        raw = bytes(data[: end + 2])
-        self.mode = COMMAND
-        self._data = bytearray()
-        # _data_size counts the ".\r\n" of the terminator too.
-        if self._data_size - 3 > self.settings.max_message_size:
-            self._too_big = True
-        self._end_of_data(raw)
-        return len(buf) - taken
+                self._writer.abort()
+            else:
+                self._writer.write(self._stamper.feed(decoded))
+                if self._writer.pending > HIGH_WATER and rest is None:
+                    self._wait_for_writer()
+        if rest is not None:
+            self.mode = COMMAND
+            self._end_of_data()
+        return rest
+
+    def _wait_for_writer(self) -> None:
+        # The disk is slower than the client: stop reading until the
+        # writer has caught up, so its buffer stays bounded.
+        self._block()
+        writer = self._writer
+        d = writer.committer.when_drained(writer)
+        d.addCallback(lambda _: self._unblock())
 
     # Blocking while the spool writes
 
@@ -319,7 +339,8 @@ class IngressProtocol(ESMTP):
     def _hello(self, rest: bytes, extended: bool) -> None:
         peer = peer_description(self.transport.getPeer())[0]
         self._helo = (rest, peer)
-        self._reset_transaction()
+        self._need_hello = False
+        self._abort_transaction()
         text = self.host
         if extended:
             text += b"\n" + self.listExtensions()
@@ -335,7 +356,7 @@ class IngressProtocol(ESMTP):
         self.sendCode(250, b"2.0.0 Ok")
 
     def do_RSET(self, rest: bytes) -> None:
-        self._reset_transaction()
+        self._abort_transaction()
         self.sendCode(250, b"2.0.0 Ok")
 
     def do_VRFY(self, rest: bytes) -> None:
@@ -365,22 +386,17 @@ class IngressProtocol(ESMTP):
             self.sendCode(220, b"2.0.0 Ready to start TLS")
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
-            # RFC 3207 4.2: forget everything learnt in plaintext.
+            # RFC 3207 4.2: forget everything learnt in plaintext, the
+            # client's name included: it must say EHLO again.
             self._helo = (None, self._helo[1])
-            self._reset_transaction()
+            self._need_hello = True
+            self._abort_transaction()
             self._restart_input = True
 
-    def _parse_params(self, opts: bytes | None) -> tuple[dict[str, str], str | None]:
-        params: dict[str, str] = {}
-        for word in (opts or b"").split():
-            key, _, value = word.partition(b"=")
-            try:
-                params[key.decode("ascii").upper()] = value.decode("ascii")
-            except UnicodeDecodeError:
-                return params, "5.5.4 Error: bad parameter"
-        return params, None
-
     def do_MAIL(self, rest: bytes) -> None:
+        if self._need_hello:
+            self.sendCode(503, b"5.5.1 Error: send EHLO first (after STARTTLS)")
+            return
         if self._sender is not None:
             self.sendCode(503, b"5.5.1 Error: nested MAIL command")
             return
@@ -394,28 +410,37 @@ class IngressProtocol(ESMTP):
         except (AddressError, UnicodeError):
             self.sendCode(501, b"5.1.7 Bad sender address syntax")
             return
-        params, error = self._parse_params(m.group("opts"))
-        if error:
-            self.sendCode(555, error.encode())
+        refusal, announced = mail_parameters(m.group("opts"), self.settings.max_message_size)
+        if refusal is not None:
+            self.sendCode(*refusal)
             return
-        for key, value in params.items():
-            if key == "SIZE":
-                if not value.isdigit():
-                    self.sendCode(501, b"5.5.4 Bad SIZE parameter")
-                    return
-                if int(value) > self.settings.max_message_size:
-                    self.sendCode(552, b"5.3.4 Message size exceeds fixed limit")
-                    return
-            elif key == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
-                    self.sendCode(501, b"5.5.4 Bad BODY parameter")
-                    return
-            else:
-                self.sendCode(555, b"5.5.4 Unsupported option: " + key.encode("ascii"))
-                return
+        if not self._room_for(announced):
+            self.sendCode(452, b"4.3.1 Insufficient system storage")
+            return
         self._sender = sender_text
         self._rcpts = []
+        self._routes = {}
+        if self.settings.transaction_time:
+            self._transaction_timer = self.callLater(self.settings.transaction_time,
+                                                     self._transaction_too_long)
         self.sendCode(250, b"2.1.0 Ok")
+
+    def _room_for(self, size: int) -> bool:
+        free = getattr(self.settings.spool, "free_bytes", None)
+        if free is None:
+            return True
+        try:
+            return free() >= size + self.settings.space_margin
+        except OSError:
+            return True  # the write itself will tell
+
+    def _transaction_too_long(self) -> None:
+        self._transaction_timer = None
+        log.info("closing a connection from {client}: transaction over {limit}s",
+                 client=self._admitted, limit=self.settings.transaction_time)
+        self._abort_transaction()
+        self.sendCode(421, b"4.4.2 " + self.host + b" Error: transaction took too long")
+        self.transport.loseConnection()
 
     def do_RCPT(self, rest: bytes) -> None:
         if self._sender is None:
@@ -433,12 +458,15 @@ class IngressProtocol(ESMTP):
         except (AddressError, UnicodeError):
             self.sendCode(501, b"5.1.3 Bad recipient address syntax")
             return
-        if len(self._rcpts) >= MAX_RECIPIENTS:
+        if len(self._rcpts) >= self.settings.max_recipients:
             self.sendCode(452, b"4.5.3 Error: too many recipients")
             return
         try:
-            route_address(recipient, self.settings.fqdn, self.settings.accept_unqualified)
+            route = route_address(recipient, self.settings.fqdn, self.settings.accept_unqualified)
         except Rejection as e:
+            log.info("refused <{rcpt}> from <{sender}> ({client}): {code} {status} {reason}",
+                     rcpt=recipient, sender=self._sender, client=self._admitted,
+                     code=e.code, status=e.status, reason=e.text)
             self.sendCode(
                 e.code,
                 f"{e.status} <{recipient}>: Recipient address rejected: {e.text}".encode(
@@ -447,6 +475,7 @@ class IngressProtocol(ESMTP):
             )
             return
         self._rcpts.append(recipient)
+        self._routes.setdefault(recipient.lower(), (recipient, route))
         self.sendCode(250, b"2.1.5 Ok")
 
     def do_DATA(self, rest: bytes) -> None:
@@ -456,201 +485,95 @@ class IngressProtocol(ESMTP):
         if not self._rcpts:
             self.sendCode(503, b"5.5.1 Error: need RCPT command")
             return
-        self.mode = DATA
-        # A CRLF sentinel makes a terminator right after DATA, and a dot
-        # on the first line, look like every other line.
-        self._data = bytearray(b"\r\n")
-        self._data_size = 0
+        now = self.settings.reactor.seconds()
+        self._queue_id = new_queue_id(now)
+        accepted = list(self._routes.values())
+        envelope = Envelope(
+            queue_id=self._queue_id, sender=self._sender,
+            recipients=tuple(r for r, _ in accepted), routes=tuple(route for _, route in accepted),
+            received=now, protocol=self._with(), client=str(self._admitted or ""),
+        )
+        self._writer = self.settings.spool.open_transaction(envelope)
+        self._stamper = Stamper(
+            received_line(helo=self._helo[0] if self._helo else None,
+                          peer=peer_description(self.transport.getPeer())[1],
+                          fqdn=self.settings.fqdn, protocol=self._with(),
+                          queue_id=self._queue_id, recipients=self._rcpts, when=now),
+            self.settings.fqdn, self._queue_id)
+        self._decoder = DataDecoder()
+        self._size = 0
         self._too_big = False
+        self._data_started = now
+        if self.settings.min_data_rate:
+            self._rate_timer = self.callLater(RATE_CHECK, self._check_rate)
+        self.mode = DATA
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+
+    def _with(self) -> str:
+        return self.protocol_name + ("S" if self.startedTLS else "")
+
+    def _check_rate(self) -> None:
+        self._rate_timer = None
+        if self.mode != DATA or self._decoder is None:
+            return
+        elapsed = self.settings.reactor.seconds() - self._data_started
+        rate = self._decoder.wire_bytes / elapsed if elapsed > 0 else float("inf")
+        if elapsed >= self.settings.data_rate_grace and rate < self.settings.min_data_rate:
+            log.info("closing a connection from {client}: data at {rate:.0f} bytes/s, "
+                     "below {limit}", client=self._admitted, rate=rate,
+                     limit=self.settings.min_data_rate)
+            self._abort_transaction()
+            self.sendCode(421, b"4.4.2 " + self.host + b" Error: data too slow")
+            self.transport.loseConnection()
+            return
+        self._rate_timer = self.callLater(RATE_CHECK, self._check_rate)
+
+    def _abort_transaction(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        self.mode = COMMAND
+        self._reset_transaction()
 
     # End of data
 
-    def _end_of_data(self, raw: bytes) -> None:
+    def _end_of_data(self) -> None:
+        writer, stamper = self._writer, self._stamper
         sender, rcpts, too_big = self._sender, self._rcpts, self._too_big
+        queue_id, size = self._queue_id, self._size
+        self._writer = None
         self._reset_transaction()
-        queue_id = new_queue_id()
         if too_big:
             log.info("rejected {queue_id} from <{sender}>: message too big",
                      queue_id=queue_id, sender=sender)
-            self._reply_after_data(rcpts, {r.lower(): _TOO_BIG for r in rcpts}, queue_id)
+            self._reply_after_data(rcpts, _TOO_BIG, queue_id)
             return
-        message = self._build_message(raw, rcpts, queue_id)
-        # One line that ties the Message-ID to the queue id: `grep msgid`
-        # then tells a message's story from reception to its forwarding.
-        log.info("received {msgid} as {queue_id} from <{sender}> for {rcpts} ({size} bytes)",
-                 msgid=message_id_of(message), queue_id=queue_id, sender=sender,
-                 rcpts=rcpts, size=len(message))
-        distinct: dict[str, str] = {}
-        for rcpt in rcpts:
-            distinct.setdefault(rcpt.lower(), rcpt)
-        deliveries = [
-            defer.maybeDeferred(self.settings.spool.deliver, message, rcpt, sender)
-            for rcpt in distinct.values()
-        ]
+        writer.write(stamper.finish())
         self._block()
-        d = defer.DeferredList(deliveries, consumeErrors=True)
-        d.addCallback(self._stored, list(distinct), rcpts, sender, queue_id)
-        d.addErrback(self._reply_failed)
+        d = writer.commit()
+        d.addCallbacks(self._stored, self._not_stored,
+                       callbackArgs=(rcpts, sender, queue_id, size, stamper.message_id),
+                       errbackArgs=(rcpts, sender, queue_id))
+        d.addErrback(lambda f: log.failure("error after end of data", f))
+        d.addBoth(lambda _: self._unblock())
 
-    def _stored(self, results: list[tuple[bool, Any]], keys: list[str], rcpts: list[str],
-                sender: str, queue_id: str) -> None:
-        outcomes: dict[str, tuple[int, bytes]] = {}
-        queued = []
-        for key, (ok, result) in zip(keys, results):
-            if ok:
-                outcomes[key] = (250, b"2.0.0 Ok: queued as " + queue_id.encode())
-                queued.append(key)
-            else:
-                outcomes[key] = _WRITE_ERROR
-                log.failure("cannot spool {queue_id} for <{rcpt}>", result,
-                            queue_id=queue_id, rcpt=key)
-        if queued:
-            log.info("queued {queue_id} from <{sender}> for {rcpts}",
-                     queue_id=queue_id, sender=sender, rcpts=queued)
-        try:
-            self._reply_after_data(rcpts, outcomes, queue_id)
-        finally:
-            self._unblock()
+    def _stored(self, path: str, rcpts: list[str], sender: str, queue_id: str,
+                size: int, msgid: str) -> None:
+        log.info("queued {queue_id} {msgid} from <{sender}> for {rcpts} ({size} bytes)",
+                 queue_id=queue_id, sender=sender, rcpts=rcpts, size=size, msgid=msgid)
+        self._reply_after_data(rcpts, (250, b"2.0.0 Ok: queued as " + queue_id.encode()),
+                               queue_id)
 
-    def _reply_failed(self, failure: Any) -> None:
-        log.failure("error after end of data", failure)
-        self._unblock()
+    def _not_stored(self, failure: Any, rcpts: list[str], sender: str, queue_id: str) -> None:
+        log.failure("cannot spool {queue_id} from <{sender}>", failure,
+                    queue_id=queue_id, sender=sender)
+        self._reply_after_data(rcpts, _WRITE_ERROR, queue_id)
 
-    def _reply_after_data(self, rcpts: list[str], outcomes: dict[str, tuple[int, bytes]],
+    def _reply_after_data(self, rcpts: list[str], reply: tuple[int, bytes],
                           queue_id: str) -> None:
-        """
-        SMTP: one reply for the whole transaction; any failed copy makes it
-        a temporary failure so the client tries again.
-        """
-        replies = [outcomes[r.lower()] for r in rcpts]
-        worst = max(replies, key=lambda reply: reply[0])
-        self.sendCode(*worst)
-
-    def _build_message(self, raw: bytes, rcpts: list[str], queue_id: str) -> bytes:
-        """
-        Turn the wire form (sentinel CRLF, dot-stuffed, CRLF lines) into the
-        stored form (LF lines) with our Received: line and a Message-ID.
-        """
-        body = raw.replace(b"\r\n.", b"\r\n").replace(b"\r\n", b"\n")[1:]
-        header_end = body.find(b"\n\n")
-        has_headers = bool(_HEADER_LINE_RE.match(body))
-        headers = body[: header_end if header_end >= 0 else len(body)] if has_headers else b""
-        helo_arg = self._helo[0] if self._helo and self._helo[0] else b"unknown"
-        peer_text = peer_description(self.transport.getPeer())[1]
-        with_ = self.protocol_name + ("S" if self.startedTLS else "")
-        for_ = f"\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
-        prefix = (
-            f"Received: from {_printable(helo_arg)} ({peer_text})\n"
-            f"\tby {self.settings.fqdn} (trackermail) with {with_} id {queue_id}{for_};\n"
-            f"\t{formatdate(self.settings.reactor.seconds())}\n"
-        )
-        if not _MESSAGE_ID_RE.search(headers):
-            prefix += (f"Message-ID: <{queue_id}.{process_token()}.{os.getpid()}"
-                       f"@{self.settings.fqdn}>\n")
-        if not has_headers:
-            # Body text must not be read as a continuation of our headers.
-            prefix += "\n"
-        return prefix.encode("ascii", "replace") + body
-
-
-_MESSAGE_ID_LINE = re.compile(rb"^Message-ID:[ \t]*([^\r\n]*)", re.I | re.M)
-
-
-def message_id_of(message: bytes) -> str:
-    """The Message-ID of a stored message (its header block only), for logs."""
-    end = message.find(b"\n\n")
-    match = _MESSAGE_ID_LINE.search(message, 0, end if end >= 0 else len(message))
-    if match is None:
-        return ""
-    return _printable(match.group(1).strip(), 200)
-
-
-_TOO_BIG = (552, b"5.3.4 Error: message file too big")
-_WRITE_ERROR = (451, b"4.3.0 Error: queue file write error")
-
-
-class IngressFactory(protocol.ServerFactory):
-    """
-    Builds one protocol per connection around shared L{IngressSettings}.
-    """
-
-    protocol = IngressProtocol
-
-    def __init__(self, settings: IngressSettings):
-        self.settings = settings
-
-    def buildProtocol(self, addr: Any) -> IngressProtocol:
-        p = self.protocol(self.settings)
-        p.factory = self
-        return p
+        """SMTP: one reply for the whole transaction."""
+        self.sendCode(*reply)
 
 
 class SMTPIngress(IngressProtocol):
-    """
-    The ESMTP server on C{[smtp] listen}.
-    """
+    """The ESMTP server on C{[smtp] listen}."""
 
-    def _stored(self, results: list[tuple[bool, Any]], keys: list[str], rcpts: list[str],
-                sender: str, queue_id: str) -> None:
-        # SMTP has one reply for the whole transaction: when a copy could not
-        # be stored the client gets 451 and resends to every recipient, so
-        # the copies that were stored must go, or those recipients would get
-        # the message twice. (LMTP answers per recipient and keeps them.)
-        if not all(ok for ok, _ in results):
-            for ok, path in results:
-                if ok and isinstance(path, str):
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-        super()._stored(results, keys, rcpts, sender, queue_id)
-
-
-def tls_context_from_files(certificate: str, key: str) -> Any:
-    """
-    A server TLS context from PEM files, or None when either is empty.
-
-    @raise ConfigError: a file cannot be read or does not hold PEM data.
-    """
-    from trackermail.errors import ConfigError
-
-    if not certificate or not key:
-        return None
-    from twisted.internet import ssl
-
-    try:
-        with open(certificate, "rb") as f:
-            cert_pem = f.read()
-        with open(key, "rb") as f:
-            key_pem = f.read()
-    except OSError as e:
-        raise ConfigError(f"[smtp] tls_certificate: cannot read {e.filename}: {e.strerror}")
-    try:
-        return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
-    except Exception as e:
-        raise ConfigError(f"[smtp] tls_certificate: not a usable certificate and key: {e}")
-
-
-def settings_from_config(config: Any, spool: Any, reactor: Any, tls: bool) -> IngressSettings:
-    tls_context = None
-    if tls:
-        tls_context = tls_context_from_files(config.smtp.tls_certificate, config.smtp.tls_key)
-    return IngressSettings(
-        fqdn=config.tracker.fqdn,
-        accept_unqualified=config.tracker.accept_unqualified,
-        max_message_size=config.limits.max_message_size,
-        spool=spool,
-        reactor=reactor,
-        tls_context=tls_context,
-    )
-
-
-def build_smtp_factory(config: Any, spool: Any, reactor: Any) -> IngressFactory:
-    """
-    The ESMTP server factory for C{config} (STARTTLS when a certificate and
-    key are configured).
-    """
-    factory = IngressFactory(settings_from_config(config, spool, reactor, tls=True))
-    factory.protocol = SMTPIngress
-    return factory

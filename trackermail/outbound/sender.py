@@ -414,6 +414,7 @@ class OutboxSender(service.Service):
         bounced = recorded.bounced
         metrics.bounce_counted(sum(1 for b in bounced if b in ("counted", "unsubscribed")))
         metrics.unsubscribed_by_bounce(bounced.count("unsubscribed"))
+        metrics.bounce_results(bounced)
         if recorded.lost:
             log.warn("{n} results were not recorded: another node had taken over their"
                      " deliveries after {node}'s lease ran out", n=recorded.lost,

@@ -5,10 +5,11 @@ The tracker's persistent state: L{IStore} and its two backends.
 from trackermail.errors import ConfigError
 
 
-def open_store(url: str, reactor=None, pool_size: int = 4):
+def open_store(url: str, reactor=None, pool_size: int = 4, readonly: bool = False):
     """
     Build (not start) the store for a C{[database] url}: C{sqlite:///PATH}
-    or C{postgresql://...}.
+    or C{postgresql://...}. C{readonly} opens an SQLite file read-only
+    (never creating it).
     """
     if url.startswith("sqlite:///"):
         from trackermail.store.sqlite import MemoryStore, SQLiteStore
@@ -16,7 +17,7 @@ def open_store(url: str, reactor=None, pool_size: int = 4):
         path = url[len("sqlite:///"):]
         if path in (":memory:", ""):
             return MemoryStore()
-        return SQLiteStore(path, reactor=reactor)
+        return SQLiteStore(path, reactor=reactor, readonly=readonly)
     if url.startswith(("postgresql://", "postgres://")):
         from trackermail.store.postgres import PostgresStore
 

@@ -5,6 +5,7 @@ Keywords and the per-address default keyword sets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -99,3 +100,46 @@ def set_default_keywords(email: str, op: str, names: Iterable[str]):
     )
     yield Exec("UPDATE emails SET own_default_keywords = TRUE WHERE id = ?", (eid,))
     return new
+
+
+# ---------------------------------------------------------------------------
+# Built-in keywords and removal (the admin CLI).
+
+_SEED = re.compile(r"INSERT\s+INTO\s+keywords\s*\([^)]*\)\s*VALUES(.*?);", re.I | re.S)
+_SEED_ROW = re.compile(r"\(\s*'((?:[^']|'')*)'\s*,\s*(TRUE|FALSE)\s*,\s*'((?:[^']|'')*)'\s*\)",
+                       re.I)
+
+
+def builtin_keywords() -> list[Keyword]:
+    """
+    The keywords the migrations create (classification produces them), in
+    their order. Not a store program: read from the migration files.
+    """
+    from trackermail.store.schema import migrations
+
+    found = []
+    for _, sql in migrations():
+        for block in _SEED.findall(sql):
+            for name, default, description in _SEED_ROW.findall(block):
+                found.append(Keyword(name.replace("''", "'"), default.upper() == "TRUE",
+                                     description.replace("''", "'")))
+    return found
+
+
+def remove_keyword(name: str):
+    """
+    Remove a keyword from the store and from every keyword set that has it;
+    fires with the number of keyword sets it was in.
+
+    @raise UnknownKeyword: no keyword of that name.
+    """
+    kid = yield Value("SELECT id FROM keywords WHERE name = ?", (name,))
+    if kid is None:
+        raise UnknownKeyword(f"no keyword {name}")
+    used = 0
+    for table in ("email_default_keywords", "subscription_keywords",
+                  "membership_keywords", "membership_package_keywords"):
+        used += int((yield Value(f"SELECT COUNT(*) FROM {table} WHERE keyword_id = ?",
+                                 (kid,))))
+    yield Exec("DELETE FROM keywords WHERE id = ?", (kid,))
+    return used

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from trackermail.errors import InvalidValue
+from trackermail.errors import InvalidValue, UnknownPackage
 from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import check_package_name
 
@@ -142,3 +142,58 @@ def resolve_package(name: str):
 def get_package(name: str):
     row = yield Row("SELECT name, kind FROM packages WHERE name = ?", (name,))
     return None if row is None else PackageInfo(row[0], row[1])
+
+
+# ---------------------------------------------------------------------------
+# Listing and removal (the admin CLI).
+
+
+@dataclass(frozen=True)
+class PackageSummary:
+    name: str
+    kind: str
+    subscribers: int  # active subscriptions
+    binaries: int
+
+
+def list_packages(kind: str | None = None):
+    """Every package (or those of one C{kind}) with counts, by name."""
+    where, params = ("WHERE p.kind = ? ", (kind,)) if kind else ("", ())
+    rows = yield Rows(
+        "SELECT p.name, p.kind, "
+        "(SELECT COUNT(*) FROM subscriptions s WHERE s.package_id = p.id AND s.active), "
+        "(SELECT COUNT(*) FROM binary_packages b WHERE b.source_id = p.id) "
+        f"FROM packages p {where}ORDER BY p.name",
+        params,
+    )
+    return [PackageSummary(n, k, int(s), int(b)) for n, k, s, b in rows]
+
+
+@dataclass(frozen=True)
+class PackageRemoval:
+    """What went with a removed package."""
+
+    name: str
+    subscriptions: int
+    teams: int
+    news: int
+    binaries: int
+
+
+def remove_package(name: str):
+    """
+    Remove a package and everything that hangs on it (subscriptions, team
+    links, news, binary mappings, members' per-package settings).
+
+    @raise UnknownPackage: no package of that name.
+    """
+    pid = yield from package_id(name)
+    if pid is None:
+        raise UnknownPackage(f"no package {name}")
+    subscriptions = yield Value("SELECT COUNT(*) FROM subscriptions WHERE package_id = ?",
+                                (pid,))
+    teams = yield Value("SELECT COUNT(*) FROM team_packages WHERE package_id = ?", (pid,))
+    news = yield Value("SELECT COUNT(*) FROM news WHERE package_id = ?", (pid,))
+    binaries = yield Value("SELECT COUNT(*) FROM binary_packages WHERE source_id = ?", (pid,))
+    yield Exec("DELETE FROM packages WHERE id = ?", (pid,))
+    return PackageRemoval(name, int(subscriptions), int(teams), int(news), int(binaries))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from trackermail.store.sql import Exec, Value
+from trackermail.store.sql import Exec, Rows, Value
 
 DIALECT_TYPES = {
     "sqlite": {"serial": "INTEGER PRIMARY KEY", "blob": "BLOB"},
@@ -50,15 +50,17 @@ def migrate(dialect: str):
     if dialect == "postgresql":
         yield Exec("SELECT pg_advisory_xact_lock(727372)")
     yield Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    current = (yield Value("SELECT MAX(version) FROM schema_version")) or 0
+    applied = {row[0] for row in (yield Rows("SELECT version FROM schema_version"))}
+    # Every file not applied yet, in order: a file numbered below the newest
+    # applied one (branches merged in another order) is not skipped.
     for version, sql in migrations():
-        if version <= current:
+        if version in applied:
             continue
         for statement in statements(sql, dialect):
             yield Exec(statement)
         yield Exec("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        current = version
-    return current
+        applied.add(version)
+    return max(applied) if applied else 0
 
 
 def current_version(dialect: str):
@@ -74,3 +76,11 @@ def current_version(dialect: str):
     if not exists:
         return 0
     return (yield Value("SELECT MAX(version) FROM schema_version")) or 0
+
+
+def pending_versions(dialect: str):
+    """Store program: the migrations this database has not applied yet, in order."""
+    if (yield from current_version(dialect)) == 0:
+        return [version for version, _ in migrations()]
+    applied = {row[0] for row in (yield Rows("SELECT version FROM schema_version"))}
+    return [version for version, _ in migrations() if version not in applied]

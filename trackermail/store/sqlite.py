@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from urllib.parse import quote
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
@@ -24,11 +25,11 @@ from trackermail.store.interface import IStore
 from trackermail.store.sql import SyncDriver
 
 
-def _setup(conn: sqlite3.Connection, memory: bool = False) -> None:
+def _setup(conn: sqlite3.Connection, memory: bool = False, readonly: bool = False) -> None:
     conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 10000")
-    if not memory:
+    if not memory and not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL is durable against process crashes; a power cut may
         # lose the last commits but never corrupts. Mail is safe anyway: the
@@ -39,9 +40,13 @@ def _setup(conn: sqlite3.Connection, memory: bool = False) -> None:
 _driver = SyncDriver()
 
 
-def _transaction(conn, program, args, kwargs, notes):
+def _setup_readonly(conn: sqlite3.Connection) -> None:
+    _setup(conn, readonly=True)
+
+
+def _transaction(conn, program, args, kwargs, notes, begin="BEGIN IMMEDIATE"):
     cursor = conn.cursor()
-    cursor.execute("BEGIN IMMEDIATE")
+    cursor.execute(begin)
     try:
         result = _driver.run(cursor, program(*args, **kwargs), notes)
     except BaseException:
@@ -67,24 +72,37 @@ class SQLiteStore(StoreBase):
 
     dialect = "sqlite"
 
-    def __init__(self, path: str, reactor=None):
+    def __init__(self, path: str, reactor=None, readonly: bool = False):
+        """
+        @param readonly: open an existing file read-only (C{mode=ro}): the
+            store creates neither the file nor its directory, and any write
+            fails. For commands that only look.
+        """
         self.path = path
+        self.readonly = readonly
         self._reactor = reactor
         self._pool = None
 
     def start(self) -> defer.Deferred:
         if self._pool is None:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
             kwargs = {}
             if self._reactor is not None:
                 kwargs["cp_reactor"] = self._reactor
+            if self.readonly:
+                if not os.path.isfile(self.path):
+                    return defer.fail(StoreUnavailable(f"no database at {self.path}"))
+                target = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro"
+                kwargs.update(uri=True, cp_openfun=_setup_readonly)
+            else:
+                directory = os.path.dirname(os.path.abspath(self.path))
+                os.makedirs(directory, exist_ok=True)
+                target = self.path
+                kwargs["cp_openfun"] = _setup
             self._pool = adbapi.ConnectionPool(
                 "sqlite3",
-                self.path,
+                target,
                 cp_min=1,
                 cp_max=1,
-                cp_openfun=_setup,
                 check_same_thread=False,
                 **kwargs,
             )
@@ -102,8 +120,10 @@ class SQLiteStore(StoreBase):
         if self._pool is None:
             self.start()
         notes: set = set()
+        # A read-only connection cannot take the write lock of BEGIN IMMEDIATE.
+        begin = "BEGIN" if self.readonly else "BEGIN IMMEDIATE"
         d = self._pool.runWithConnection(
-            lambda conn: _transaction(conn, program, args, kwargs, notes)
+            lambda conn: _transaction(conn, program, args, kwargs, notes, begin)
         )
 
         def notify(result):

@@ -213,3 +213,135 @@ def mute_all_memberships(email: str):
     )
     yield Exec("UPDATE memberships SET muted = TRUE WHERE email_id = ?", (eid,))
     return [r[0] for r in rows]
+
+
+# ---------------------------------------------------------------------------
+# Listing, removal and keyword reading (the admin CLI).
+
+
+@dataclass(frozen=True)
+class TeamSummary:
+    team: Team
+    members: int
+    packages: int
+
+
+def list_teams():
+    """Every team with its number of members and packages, by slug."""
+    rows = yield Rows(
+        "SELECT t.slug, t.name, t.public, o.email, "
+        "(SELECT COUNT(*) FROM memberships m WHERE m.team_id = t.id), "
+        "(SELECT COUNT(*) FROM team_packages tp WHERE tp.team_id = t.id) "
+        "FROM teams t LEFT JOIN emails o ON o.id = t.owner_id ORDER BY t.slug"
+    )
+    return [TeamSummary(Team(s, n, bool(p), o), int(m), int(c))
+            for s, n, p, o, m, c in rows]
+
+
+@dataclass(frozen=True)
+class PackageSetting:
+    """A member's own setting for one of the team's packages."""
+
+    muted: bool
+    keywords: tuple[str, ...] | None  # None: the membership's keywords
+
+
+@dataclass(frozen=True)
+class Member:
+    email: str
+    muted: bool
+    keywords: tuple[str, ...] | None  # None: the address's default keywords
+    packages: dict  # package name -> PackageSetting
+
+
+def team_members(slug: str):
+    """Every member of a team (muted ones too) with their settings, by address."""
+    tid = yield from team_id(slug)
+    rows = yield Rows(
+        "SELECT m.id, e.email, m.muted, m.own_keywords FROM memberships m "
+        "JOIN emails e ON e.id = m.email_id WHERE m.team_id = ? ORDER BY e.email_lower",
+        (tid,),
+    )
+    own = {}
+    for mid, kw in (yield Rows(
+        "SELECT mk.membership_id, k.name FROM membership_keywords mk "
+        "JOIN memberships m ON m.id = mk.membership_id JOIN keywords k ON k.id = mk.keyword_id "
+        "WHERE m.team_id = ? ORDER BY k.name", (tid,))):
+        own.setdefault(mid, []).append(kw)
+    package_keywords = {}
+    for mid, package, kw in (yield Rows(
+        "SELECT mpk.membership_id, p.name, k.name FROM membership_package_keywords mpk "
+        "JOIN memberships m ON m.id = mpk.membership_id "
+        "JOIN packages p ON p.id = mpk.package_id JOIN keywords k ON k.id = mpk.keyword_id "
+        "WHERE m.team_id = ? ORDER BY k.name", (tid,))):
+        package_keywords.setdefault((mid, package), []).append(kw)
+    settings: dict = {}
+    for mid, package, muted, own_keywords in (yield Rows(
+        "SELECT mp.membership_id, p.name, mp.muted, mp.own_keywords "
+        "FROM membership_packages mp JOIN memberships m ON m.id = mp.membership_id "
+        "JOIN packages p ON p.id = mp.package_id WHERE m.team_id = ? ORDER BY p.name",
+        (tid,))):
+        keywords = tuple(package_keywords.get((mid, package), ())) if own_keywords else None
+        settings.setdefault(mid, {})[package] = PackageSetting(bool(muted), keywords)
+    return [Member(email, bool(muted), tuple(own.get(mid, ())) if own_keywords else None,
+                   settings.get(mid, {}))
+            for mid, email, muted, own_keywords in rows]
+
+
+def remove_team(slug: str):
+    """Remove a team with its memberships; fires with C{(members, packages)} it had."""
+    tid = yield from team_id(slug)
+    members = yield Value("SELECT COUNT(*) FROM memberships WHERE team_id = ?", (tid,))
+    packages = yield Value("SELECT COUNT(*) FROM team_packages WHERE team_id = ?", (tid,))
+    yield Exec("DELETE FROM teams WHERE id = ?", (tid,))
+    return int(members), int(packages)
+
+
+def team_remove_package(slug: str, package: str):
+    """Take a package from a team; fires with whether the team had it."""
+    tid = yield from team_id(slug)
+    pid = yield from package_id(package)
+    if pid is None:
+        raise UnknownPackage(f"no package {package}")
+    count = yield Exec(
+        "DELETE FROM team_packages WHERE team_id = ? AND package_id = ?", (tid, pid)
+    )
+    return count > 0
+
+
+def membership_keywords(slug: str, email: str, package: str | None = None):
+    """
+    The keywords a member gets for the team (or for one package of it):
+    the per-package set if edited, else the membership's own set, else the
+    address's defaults.
+    """
+    from trackermail.store.keywords import default_keywords_of
+
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email, create=False)
+    row = yield Row(
+        "SELECT id, own_keywords FROM memberships WHERE team_id = ? AND email_id = ?",
+        (tid, eid),
+    )
+    if row is None:
+        raise UnknownEmail(f"{email} is not a member of {slug}")
+    mid, own = row
+    if package is not None:
+        pid = yield from package_id(package)
+        if pid is None:
+            raise UnknownPackage(f"no package {package}")
+        edited = yield Value(
+            "SELECT own_keywords FROM membership_packages "
+            "WHERE membership_id = ? AND package_id = ?", (mid, pid))
+        if edited:
+            rows = yield Rows(
+                "SELECT k.name FROM membership_package_keywords mpk "
+                "JOIN keywords k ON k.id = mpk.keyword_id "
+                "WHERE mpk.membership_id = ? AND mpk.package_id = ?", (mid, pid))
+            return frozenset(r[0] for r in rows)
+    if own:
+        rows = yield Rows(
+            "SELECT k.name FROM membership_keywords mk JOIN keywords k ON k.id = mk.keyword_id "
+            "WHERE mk.membership_id = ?", (mid,))
+        return frozenset(r[0] for r in rows)
+    return (yield from default_keywords_of(eid))
