@@ -10,7 +10,9 @@ For each backend (SQLite, PostgreSQL) and each scenario, it:
   4. waits until the store has recorded all M x N deliveries as sent.
 
 It reports deliveries/s (from the first 250 to the last recorded copy), the
-tracker's CPU seconds per 1,000 deliveries, p50/p99 of the time from a
+tracker's CPU seconds per 1,000 deliveries, on PostgreSQL the CPU seconds
+its backends spent (their PIDs from pg_stat_activity, their CPU from /proc,
+in the same run), p50/p99 of the time from a
 message's 250 to its last copy, and the tracker's peak RSS. In the same run it
 measures the baseline the targets are stated against: Python's smtplib on one
 persistent connection sending the same number of copies (capped) to the
@@ -103,6 +105,43 @@ class Database:
     def close(self):
         if self._drop:
             self._drop()
+
+    def backend_pids(self, conn) -> list[int]:
+        """PostgreSQL backends serving this database, the benchmark's own excepted."""
+        if self.backend != "postgresql":
+            return []
+        return [pid for (pid,) in self.rows(
+            conn, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND pid <> pg_backend_pid()")]
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class BackendCPU:
+    """
+    CPU seconds used by the database server's backends of one database
+    between start() and stop(): read from /proc for every PID that
+    pg_stat_activity lists (a backend that appears later starts at 0).
+    """
+
+    def __init__(self, db: "Database", conn):
+        self.db, self.conn = db, conn
+        self.start_cpu: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.start_cpu = {pid: process_cpu(pid) for pid in self.db.backend_pids(self.conn)}
+
+    def stop(self) -> float:
+        pids = set(self.start_cpu) | set(self.db.backend_pids(self.conn))
+        return sum(max(0.0, process_cpu(pid) - self.start_cpu.get(pid, 0.0)) for pid in pids)
 
 
 SEED = r"""
@@ -234,6 +273,8 @@ def run_scenario(backend: str, messages: int, subscribers: int, size: int,
         tracker = Tracker(tmp, db.url, sink.port, connections)
         mails = [message(i, size) for i in range(messages)]
         conn = db.connect()
+        db_cpu = BackendCPU(db, conn)
+        db_cpu.start()
         cpu0 = tracker.cpu_seconds()
         started = time.time()
         acks = lmtp_send_all(tracker.lmtp_port, mails, f"dispatch+pkg_bts@{FQDN}")
@@ -247,6 +288,7 @@ def run_scenario(backend: str, messages: int, subscribers: int, size: int,
             time.sleep(0.05)
         finished = time.time()
         cpu = tracker.cpu_seconds() - cpu0
+        database_cpu = db_cpu.stop()
         rss = tracker.peak_rss_mib()
         last = db.rows(conn, "SELECT m.id, MAX(d.finished) FROM outbox_messages m "
                              "JOIN outbox_deliveries d ON d.message_id = m.id GROUP BY m.id "
@@ -264,6 +306,8 @@ def run_scenario(backend: str, messages: int, subscribers: int, size: int,
             "seconds": round(elapsed, 2),
             "deliveries_per_s": round(sent / elapsed, 1) if elapsed else 0,
             "cpu_s_per_1000": round(cpu / max(1, sent) * 1000, 3),
+            "db_cpu_s_per_1000": (round(database_cpu / max(1, sent) * 1000, 3)
+                                  if backend == "postgresql" else None),
             "p50_s": round(statistics.median(latencies), 2) if latencies else None,
             "p99_s": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)
             if latencies else None,
@@ -325,7 +369,8 @@ def main(argv=None) -> int:
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
     header = (f"{'backend':<11}{'msgs x subs':>14}{'size':>8}{'deliv/s':>10}"
-              f"{'CPU s/1k':>10}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}{'x smtplib':>10}")
+              f"{'CPU s/1k':>10}{'DB CPU s/1k':>12}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}"
+              f"{'x smtplib':>10}")
     print(f"baseline smtplib, 1 connection: {baseline['deliveries_per_s']} deliveries/s "
           f"({baseline['cpu_s_per_1000']} CPU s/1k)")
     print(header)
@@ -333,8 +378,9 @@ def main(argv=None) -> int:
         label = f"{r['messages']}x{r['subscribers']}"
         size = f"{r['size'] // 1024}K" if r["size"] < 1 << 20 else f"{r['size'] >> 20}M"
         flag = "" if r["complete"] else " INCOMPLETE"
+        db_cpu = "-" if r["db_cpu_s_per_1000"] is None else r["db_cpu_s_per_1000"]
         print(f"{r['backend']:<11}{label:>14}{size:>8}{r['deliveries_per_s']:>10}"
-              f"{r['cpu_s_per_1000']:>10}{r['p50_s']!s:>8}{r['p99_s']!s:>8}"
+              f"{r['cpu_s_per_1000']:>10}{db_cpu!s:>12}{r['p50_s']!s:>8}{r['p99_s']!s:>8}"
               f"{r['peak_rss_mib']:>9}{r['vs_smtplib']:>10}{flag}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:

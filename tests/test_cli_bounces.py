@@ -107,7 +107,7 @@ class CommandTests(SynchronousTestCase):
                     f'[database]\nurl = "sqlite:///{d}/t.sqlite"\n'
                     f'[spool]\npath = "{d}/spool"\n')
         self.assertEqual(run("--config", config, "migrate").returncode, 0)
-        run("--config", config, "subscribe", "dpkg", "jane@refusing.example")
+        run("--config", config, "subscribe", "--create", "dpkg", "jane@refusing.example")
         today = datetime.datetime.now(datetime.timezone.utc).date()
         address = verp.encode("jane@refusing.example", today, "k", "tracker.example.org")
         mail = os.path.join(d, "bounce.eml")

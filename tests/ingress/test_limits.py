@@ -180,3 +180,20 @@ class StreamingTests(SynchronousTestCase):
         proto.dataReceived(b"y" * 5000 + b"\r\n.\r\n")
         self.assertEqual(replies(t)[-1], b"552 5.3.4 Error: message file too big")
         self.assertEqual(spool.calls, [])
+
+
+class RefusalLogTests(SynchronousTestCase):
+    def test_refused_recipient_logged(self):
+        """A refused recipient is logged with the address, the sender, the client and why."""
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, t, _, _ = connect()
+        replies(t)
+        proto.dataReceived(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<x@example.com>\r\n")
+        [event] = [e for e in events if e.get("what", "").startswith("RCPT")]
+        self.assertEqual((event["recipient"], event["sender"], event["client"], event["code"],
+                          event["service"]), ("x@example.com", "a@b.c", "192.0.2.7", 550, "esmtp"))
+        self.assertIn("Relay access denied", event["reason"])

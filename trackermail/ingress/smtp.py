@@ -415,7 +415,7 @@ class IngressProtocol(ESMTP):
             self.sendCode(*refusal)
             return
         if not self._room_for(announced):
-            self.sendCode(452, b"4.3.1 Insufficient system storage")
+            self._refuse("MAIL", 452, b"4.3.1 Insufficient system storage")
             return
         self._sender = sender_text
         self._rcpts = []
@@ -442,37 +442,40 @@ class IngressProtocol(ESMTP):
         self.sendCode(421, b"4.4.2 " + self.host + b" Error: transaction took too long")
         self.transport.loseConnection()
 
+    def _refuse(self, what: str, code: int, text: bytes, **fields: Any) -> None:
+        """Answer a refusal and log it with what was refused, from whom and why."""
+        log.info("refused {what} from <{sender}> ({client}) on {service}: {code} {reason}",
+                 what=what, sender=self._sender or "", client=self._admitted,
+                 service=self.protocol_name.lower(), code=code,
+                 reason=text.decode("ascii", "replace"), **fields)
+        self.sendCode(code, text)
+
     def do_RCPT(self, rest: bytes) -> None:
         if self._sender is None:
             self.sendCode(503, b"5.5.1 Error: need MAIL command")
             return
         m = self.rcpt_re.match(rest)
         if not m:
-            self.sendCode(501, b"5.5.4 Syntax: RCPT TO:<address>")
+            self._refuse("RCPT", 501, b"5.5.4 Syntax: RCPT TO:<address>")
             return
         if m.group("opts") and m.group("opts").strip():
-            self.sendCode(555, b"5.5.4 Unsupported option")
+            self._refuse("RCPT", 555, b"5.5.4 Unsupported option")
             return
         try:
             recipient = str(Address(m.group("path"), self.host))
         except (AddressError, UnicodeError):
-            self.sendCode(501, b"5.1.3 Bad recipient address syntax")
+            self._refuse("RCPT", 501, b"5.1.3 Bad recipient address syntax")
             return
         if len(self._rcpts) >= self.settings.max_recipients:
-            self.sendCode(452, b"4.5.3 Error: too many recipients")
+            self._refuse(f"RCPT <{recipient}>", 452, b"4.5.3 Error: too many recipients",
+                         recipient=recipient)
             return
         try:
             route = route_address(recipient, self.settings.fqdn, self.settings.accept_unqualified)
         except Rejection as e:
-            log.info("refused <{rcpt}> from <{sender}> ({client}): {code} {status} {reason}",
-                     rcpt=recipient, sender=self._sender, client=self._admitted,
-                     code=e.code, status=e.status, reason=e.text)
-            self.sendCode(
-                e.code,
-                f"{e.status} <{recipient}>: Recipient address rejected: {e.text}".encode(
-                    "ascii", "replace"
-                ),
-            )
+            self._refuse(f"RCPT <{recipient}>", e.code,
+                         f"{e.status} <{recipient}>: Recipient address rejected: {e.text}".encode(
+                             "ascii", "replace"), recipient=recipient)
             return
         self._rcpts.append(recipient)
         self._routes.setdefault(recipient.lower(), (recipient, route))
