@@ -143,14 +143,14 @@ _refusing = Gauge(
     "1 while the smarthost refuses our mail (deliveries are deferred), else 0.",
     registry=REGISTRY,
 )
-_refusals = Counter(
+_smarthost_refusals = Counter(
     "trackermail_smarthost_refusals",
     "Deliveries deferred because the smarthost refused them, by reason.",
     ["reason"], registry=REGISTRY,
 )
 
 for _reason in ("connect", "mail", "relay", "pattern"):
-    _refusals.labels(reason=_reason)
+    _smarthost_refusals.labels(reason=_reason)
 for _result in ("sent", "retried", "failed"):
     _deliveries.labels(result=_result)
 for _kind in ("temporary", "permanent"):
@@ -205,7 +205,7 @@ def smarthost_refusing(refusing: bool) -> None:
 
 def smarthost_refusal(reason: str, n: int = 1) -> None:
     if n > 0:
-        _refusals.labels(reason=reason).inc(n)
+        _smarthost_refusals.labels(reason=reason).inc(n)
 
 
 def bounce_counted(n: int = 1) -> None:
