@@ -147,7 +147,8 @@ class OutboxStoreMixin:
         await self.go(enqueue, b"x\n", [("a@x.example", "s"), ("b@y.example", "s")], T0)
         await self.go(claim_due, self.store.dialect, "n1", T0, 1, 30)
         await self.go(claim_due, self.store.dialect, "n2", T0, 1, 30)
-        self.assertEqual(await self.go(renew_claims, "n1", T0 + 100), 1)
+        self.assertEqual(await self.go(renew_claims, "n1", T0 + 100, T0 + 20), 0)
+        self.assertEqual(await self.go(renew_claims, "n1", T0 + 100, T0 + 31), 1)
         rows = await self.go(lambda: (yield Rows(
             "SELECT claimed_by, claimed_until FROM outbox_deliveries ORDER BY id")))
         self.assertEqual([tuple(r) for r in rows], [("n1", T0 + 100), ("n2", T0 + 30)])

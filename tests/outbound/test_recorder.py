@@ -49,7 +49,8 @@ class RecorderTests(SynchronousTestCase):
         self.recorder = Recorder(self.store, "n1", self.clock, hook,
                                  more_coming=lambda: self.coming,
                                  on_recorded=lambda rs, done: self.recorded.append(
-                                     (len(rs), done and done.sent)))
+                                     (len(rs), done and done.sent)),
+                                 interval=0.1, size=100)
 
     def states(self):
         return [r[2] for r in self.successResultOf(self.store.run(delivery_rows))]

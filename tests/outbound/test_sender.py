@@ -212,17 +212,17 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(self.commits, [10])
         self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
 
-    def test_100_results_make_a_commit(self):
-        """Every 100 results are recorded at once, without waiting for the timer."""
-        self.sender.batch_size = 500
-        self.enqueue(*[f"u{i}@example.org" for i in range(250)])
+    def test_500_results_make_a_commit(self):
+        """Every 500 results are recorded at once, without waiting for the timer."""
+        self.sender.batch_size = 2000
+        self.enqueue(*[f"u{i}@example.org" for i in range(1200)])
         self.start()
         pending = list(self.transport._pending)
-        for d, results in pending[:230]:
+        for d, results in pending[:1100]:
             d.callback(results)
-        self.assertEqual(self.commits, [100, 100])
+        self.assertEqual(self.commits, [500, 500])
         self.clock.advance(0.1)
-        self.assertEqual(self.commits, [100, 100, 30])
+        self.assertEqual(self.commits, [500, 500, 100])
 
     def test_results_survive_a_store_outage(self):
         """Results that cannot be recorded are kept and recorded once the store answers again."""
@@ -381,13 +381,15 @@ class LeaseTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(states(self, self.store), [("a@example.org", "sent", 2)])
 
     def test_leases_are_renewed_while_sending(self):
-        """A slow transaction keeps its lease: renewed every lease/3, never taken over."""
+        """A slow transaction keeps its lease: renewed every lease/3 once it is older than that, never taken over."""
         self.transport.hold = True
         self.enqueue("a@example.org")
         self.start()
         self.assertEqual(claims(self, self.store), [("a@example.org", "n1", T0 + 30)])
         self.clock.advance(10)
-        self.assertEqual(claims(self, self.store), [("a@example.org", "n1", T0 + 40)])
+        self.assertEqual(claims(self, self.store), [("a@example.org", "n1", T0 + 30)])
+        self.clock.advance(10)
+        self.assertEqual(claims(self, self.store), [("a@example.org", "n1", T0 + 50)])
         for _ in range(12):
             self.clock.advance(10)
         self.assertEqual(self.claim("other"), [])

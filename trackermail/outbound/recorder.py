@@ -45,7 +45,7 @@ class Recorder:
 
     def __init__(self, store: Any, node: str, clock: Any, hook: Optional[Callable],
                  more_coming: Callable[[], bool], on_recorded: Callable,
-                 interval: float = 0.1, size: int = 100):
+                 interval: float = 0.1, size: int = 500):
         self.store = store
         self.node = node
         self.clock = clock

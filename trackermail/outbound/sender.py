@@ -15,8 +15,9 @@ L{IOutboundTransport} (the SMTP connection pool), and records its result.
   L{trackermail.outbound.bodies}); the bytes of bodies in memory stay within
   C{max_inflight_bytes}.
 - Results are recorded as they arrive, in group commits (see
-  L{trackermail.outbound.recorder}): a SIGKILL re-sends at most what was in
-  flight and the last C{flush_interval} of results.
+  L{trackermail.outbound.recorder}; every C{flush_interval} = 0.1 s or
+  C{flush_size} = 500 results, at once when nothing else is in flight): a
+  SIGKILL re-sends at most what was in flight and the last 0.1 s of results.
 - What a reply means is decided by L{trackermail.outbound.smarthost}: 2xx
   sent; 4xx (and the smarthost's own refusals) retried with exponential
   backoff (C{retry_initial} doubling up to C{retry_max}) until
@@ -77,7 +78,7 @@ class OutboxSender(service.Service):
                  on_permanent_failure=None, ready=None,
                  max_inflight_bytes: int = 32 * 1024 * 1024,
                  keep_sent: float = 86400.0, flush_interval: float = 0.1,
-                 flush_size: int = 100, rcpt_hold: float = 10.0,
+                 flush_size: int = 500, rcpt_hold: float = 10.0,
                  peer: str = "smarthost"):
         if clock is None:
             from twisted.internet import reactor as clock
@@ -254,7 +255,11 @@ class OutboxSender(service.Service):
     def _renew(self) -> None:
         if not self._claimed:
             return
-        d = self.store.run(renew_claims, self.node, self.clock.seconds() + self.lease)
+        # Runs every lease / 3: a lease ending after the next run but one is
+        # safe until then, so only older claims are written.
+        now = self.clock.seconds()
+        d = self.store.run(renew_claims, self.node, now + self.lease,
+                           now + 2 * self.lease / 3)
         d.addErrback(lambda f: log.error("cannot renew the leases of {node}: {error}",
                                          node=self.node, error=f.getErrorMessage()))
 

@@ -311,11 +311,20 @@ def release_claims(node: str):
         "claimed_until = NULL WHERE state = 'sending' AND claimed_by = ?", (node,)))
 
 
-def renew_claims(node: str, until: float):
-    """Extend the leases of everything C{node} is sending to C{until}."""
+def renew_claims(node: str, until: float, before: float | None = None):
+    """
+    Extend the leases of what C{node} is sending to C{until}: all of them,
+    or those ending before C{before} (a copy sent within seconds of its
+    claim is never written again for its lease). Fires with how many.
+    """
+    if before is None:
+        return (yield Exec(
+            "UPDATE outbox_deliveries SET claimed_until = ? "
+            "WHERE state = 'sending' AND claimed_by = ?", (until, node)))
     return (yield Exec(
         "UPDATE outbox_deliveries SET claimed_until = ? "
-        "WHERE state = 'sending' AND claimed_by = ?", (until, node)))
+        "WHERE state = 'sending' AND claimed_by = ? AND claimed_until < ?",
+        (until, node, before)))
 
 
 def next_wakeup(node: str):
