@@ -251,6 +251,31 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.assertEqual([m.recipients for m in self.transport.sent],
                          [["a@example.org"], ["b@example.org"]])
 
+    def test_stop_hands_nothing_more_over(self):
+        """Stopping sends nothing new: deliveries waiting for memory go back, their attempt uncounted."""
+        self.sender.max_inflight_bytes = len(BODY) + 10
+        for n in range(3):
+            self.enqueue(f"u{n}@example.org", body=BODY.replace(b"hello", b"hello %d" % n))
+        self.start()
+        self.assertEqual(len(self.transport._pending), 1)
+        d = self.sender.stopService()
+        self.transport.release()
+        self.successResultOf(d)
+        self.assertEqual(len(self.transport.sent), 1)
+        self.assertEqual(states(self, self.store), [
+            ("u0@example.org", "sent", 1), ("u1@example.org", "queued", 0),
+            ("u2@example.org", "queued", 0)])
+
+    def test_transport_answering_nonsense(self):
+        """A transport answering something else than replies is a temporary failure of the copy."""
+        from twisted.internet.defer import succeed
+
+        self.transport.send = lambda *a: succeed(None)
+        self.enqueue("a@example.org")
+        self.start()
+        rows = self.successResultOf(self.store.run(delivery_rows))
+        self.assertEqual(rows[0][2:5], ("queued", 1, 451))
+
     def test_stop_records_what_is_in_flight(self):
         """Stopping waits for the copies in flight and records their results."""
         self.enqueue("a@example.org", "b@example.org")

@@ -316,6 +316,11 @@ class OutboxSender(service.Service):
     async def _send_batch(self, batch: list[Delivery]) -> None:
         bodies = self.bodies
         for i, delivery in enumerate(batch):
+            if not self.running:
+                # Stopping: what was not handed over yet goes back to the queue.
+                for rest in batch[i:]:
+                    self.recorder.add(Result(rest, "released"))
+                return
             mid = delivery.message_id
             parts = bodies.acquire_now(mid)
             if parts is NOT_READY:
@@ -352,7 +357,8 @@ class OutboxSender(service.Service):
     def _answered(self, results: dict, delivery: Delivery) -> None:
         self._in_flight -= 1
         self.bodies.release(delivery.message_id)
-        reply = results.get(delivery.recipient, NO_RESULT)
+        reply = results.get(delivery.recipient, NO_RESULT) if isinstance(results, dict) \
+            else NO_RESULT
         if not isinstance(reply, Reply):
             code, text = reply[:2]
             reply = Reply(code, text, LOCAL)
