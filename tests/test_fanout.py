@@ -12,7 +12,11 @@ from trackermail.store.bounce_stats import bounce_stats
 from trackermail.store.news import news
 from trackermail.store.packages import add_package
 from trackermail.store.sql import Value
-from trackermail.store.subscriptions import set_subscription_keywords, subscribe
+from trackermail.store.subscriptions import (
+    set_subscription_keywords,
+    subscribe,
+    unsubscribe_token,
+)
 from trackermail.store.teams import (
     add_team,
     join_team,
@@ -61,8 +65,10 @@ class DispatchFanoutTests(SynchronousTestCase):
         self.assertEqual(copy["X-Distro-Tracker-Keyword"], "bts")
         self.assertEqual(copy["List-Id"], f"<dpkg.{FQDN}>")
         self.assertEqual(copy["Precedence"], "list")
+        token = self.run(unsubscribe_token, self.processor.config.tracker.secret_key,
+                         "alice@example.org", "dpkg")
         self.assertEqual(copy["List-Unsubscribe"],
-                         f"<mailto:control@{FQDN}?body=unsubscribe%20dpkg>")
+                         f"<mailto:control@{FQDN}?subject=unsubscribe%20dpkg%20{token}>")
         self.assertEqual(copy["X-Debian"], "tracker.debian.org")
         self.assertTrue(data.endswith(BUG_MAIL), "the original must follow byte for byte")
         self.assertNotIn(b"Delivered-To:", data)

@@ -23,8 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.support.tracker import start_tracker
-from trackermail.signing import make_unsubscribe_token
-from trackermail.store.subscriptions import subscribe, subscriptions_of
+from trackermail.store.subscriptions import subscribe, subscriptions_of, unsubscribe_token
 
 CHROMIUM = shutil.which("chromium")
 FQDN = "tracker.example.org"
@@ -252,8 +251,8 @@ class BrowserUnsubscribeTests(TestCase):
         self.base, self.store = tracker.base, tracker.store
         await self.store.run(subscribe, "jane@example.net", "dpkg")
         await self.store.run(subscribe, "jane@example.net", "apt")
-        token = make_unsubscribe_token(tracker.config.tracker.secret_key, "dpkg",
-                                       "jane@example.net", int(time.time()))
+        token = await self.store.run(unsubscribe_token, tracker.config.tracker.secret_key,
+                                     "jane@example.net", "dpkg")
         self.url = f"http://127.0.0.1:{tracker.ports['http']}/unsubscribe/{token}"
 
     def start_browser(self) -> int:

@@ -122,14 +122,17 @@ class BouncesSection:
 @dataclass(frozen=True)
 class ControlSection:
     confirmation_expiry_days: int = 3
+    # Mails a day to one address (user+x@ counts as user@) that it may not
+    # have asked for: CONFIRM mails and notices.
     max_confirmations_per_day: int = 3
+    # Replies a day to one sender (user+x@ counts as user@); 0: no cap.
+    max_replies_per_day: int = 5
 
 
 @dataclass(frozen=True)
 class HTTPSection:
     listen: tuple[str, ...] = ()
     public_url: str = ""
-    unsubscribe_token_days: int = 60
 
 
 @dataclass(frozen=True)

@@ -32,18 +32,19 @@ from trackermail.classify import classify
 from trackermail.handling import Outcome
 from trackermail.message import header_values
 from trackermail.news import news_for
-from trackermail.signing import make_unsubscribe_token
+from trackermail.signing import subscription_signer
 from trackermail.store.bounce_stats import record_sent_ids
 from trackermail.store.news import add_news
 from trackermail.store.outbox import enqueue
 from trackermail.store.packages import package_id
-from trackermail.store.subscriptions import fanout_recipients
+from trackermail.store.subscriptions import fanout_targets
 from trackermail.store.teams import get_team, team_member_ids
 from trackermail.vendor.base import SkipMessage
 
 __all__ = [
     "has_dispatch_loop",
     "forward_headers",
+    "unsubscribe_headers",
     "header_prefix",
     "decorate",
 ]
@@ -78,6 +79,7 @@ def forward_headers(
     direct: bool = True,
     vendor_headers: Sequence[tuple[str, str]] = (),
     unsubscribe_url: str | None = None,
+    unsubscribe_token: str | None = None,
 ) -> list[tuple[str, str]]:
     """
     The headers of a forwarded copy, in the order they are prepended.
@@ -90,27 +92,51 @@ def forward_headers(
     @param vendor_headers: the vendor's C{extra_headers}, appended last.
     @param unsubscribe_url: an HTTP(S) one-click unsubscribe URL (RFC 8058),
         offered before the C{mailto:} form.
+    @param unsubscribe_token: the subscription's token (L{trackermail.signing}):
+        the C{mailto:} then unsubscribes at once, without a confirmation.
     """
-    headers = [("X-Loop", f"dispatch@{fqdn}")]
-    if package:
-        headers.append(("X-Distro-Tracker-Package", package))
-    headers.append(("X-Distro-Tracker-Keyword", keyword))
-    if package:
-        headers.append(("List-Id", f"<{package}.{fqdn}>"))
+    head, tail = _shared_headers(fqdn, package, keyword, team, direct, vendor_headers)
+    unsubscribe = []
     if direct and package:
-        headers.append(("Precedence", "list"))
-        mailto = (
-            f"<mailto:control@{fqdn}?body=unsubscribe%20{quote(package, safe='')}>"
-        )
-        if unsubscribe_url:
-            headers.append(("List-Unsubscribe", f"<{unsubscribe_url}>, {mailto}"))
-            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        else:
-            headers.append(("List-Unsubscribe", mailto))
+        unsubscribe = unsubscribe_headers(fqdn, package, unsubscribe_token, unsubscribe_url)
+    return head + unsubscribe + tail
+
+
+def _shared_headers(fqdn, package, keyword, team, direct, vendor_headers):
+    """The headers before and after C{List-Unsubscribe}: the same for every copy."""
+    head = [("X-Loop", f"dispatch@{fqdn}")]
+    if package:
+        head.append(("X-Distro-Tracker-Package", package))
+    head.append(("X-Distro-Tracker-Keyword", keyword))
+    if package:
+        head.append(("List-Id", f"<{package}.{fqdn}>"))
+    if direct and package:
+        head.append(("Precedence", "list"))
+    tail = []
     if team:
-        headers.append(("X-Distro-Tracker-Team", team))
-    headers.extend(vendor_headers)
-    return headers
+        tail.append(("X-Distro-Tracker-Team", team))
+    tail.extend(vendor_headers)
+    return head, tail
+
+
+def unsubscribe_headers(fqdn: str, package: str, token: str | None = None,
+                        url: str | None = None) -> list[tuple[str, str]]:
+    """
+    C{List-Unsubscribe} (and C{List-Unsubscribe-Post} with a one-click
+    C{url}) of a copy to a direct subscriber of C{package}. With the
+    subscription's C{token} the C{mailto:} asks for C{unsubscribe PKG TOKEN},
+    which the control bot acts on at once; without it, for
+    C{unsubscribe PKG}, which needs a confirmation.
+    """
+    name = quote(package, safe="")
+    if token:
+        mailto = f"<mailto:control@{fqdn}?subject=unsubscribe%20{name}%20{token}>"
+    else:
+        mailto = f"<mailto:control@{fqdn}?body=unsubscribe%20{name}>"
+    if url:
+        return [("List-Unsubscribe", f"<{url}>, {mailto}"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+    return [("List-Unsubscribe", mailto)]
 
 
 def line_ending(raw: bytes) -> bytes:
@@ -217,40 +243,75 @@ def _verp_signer(ctx):
     return verp.signer(day, ctx.config.tracker.secret_key, ctx.fqdn)
 
 
-def _unsubscribe_url(ctx, package: str, email: str) -> str | None:
-    public = ctx.config.http.public_url
-    if not public or not package:
-        return None
-    token = make_unsubscribe_token(ctx.config.tracker.secret_key, package, email, int(ctx.now))
-    return f"{public.rstrip('/')}/unsubscribe/{token}"
+class _UnsubscribeLines:
+    """
+    The C{List-Unsubscribe} lines of direct copies of one fan-out: the
+    parts every copy shares are made once, each copy adds its token.
+    """
+
+    def __init__(self, ctx, raw: bytes, package: str):
+        self.sign = subscription_signer(ctx.config.tracker.secret_key, package)
+        self.raw = raw
+        self.fqdn, self.package = ctx.fqdn, package
+        self.public = ctx.config.http.public_url.rstrip("/")
+        self.eol = line_ending(raw)
+        mailto = f"<mailto:control@{ctx.fqdn}?subject=unsubscribe%20{quote(package, safe='')}%20"
+        url = f"<{self.public}/unsubscribe/" if self.public else None
+        self.fast = mailto.isascii() and (url is None or url.isascii())
+        self.mailto = mailto.encode("ascii", "replace")
+        self.url = url.encode("ascii", "replace") if url else None
+        self.post = header_prefix(raw, [("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")])
+
+    def lines(self, binding) -> bytes:
+        token = self.sign(binding.subscription_id, binding.email_lower, binding.salt)
+        tok = token.encode("ascii")
+        if self.url is None:
+            value = self.mailto + tok + b">"
+        else:
+            value = b"".join((self.url, tok, b">, ", self.mailto, tok, b">"))
+        if not self.fast or len(value) > _MAX_LINE - 18:
+            url = f"{self.public}/unsubscribe/{token}" if self.public else None
+            return header_prefix(self.raw, unsubscribe_headers(self.fqdn, self.package,
+                                                               token, url))
+        line = b"List-Unsubscribe: " + value + self.eol
+        return line + self.post if self.url is not None else line
 
 
 def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     """
     The C{(recipient, envelope sender, header prefix)} of every copy.
-    Copies with the same headers share one prefix object; with one-click
-    unsubscribe each direct copy gets its own signed URL.
+
+    C{recipients} are C{(email, email_id, team[, binding])}: a direct
+    subscriber's copy with a subscription binding
+    (L{trackermail.store.subscriptions.Binding}) gets C{List-Unsubscribe}
+    with its own token. The headers all copies share are rendered once per
+    team; a token adds one HMAC and a line to its copy.
     """
     vendor = ctx.vendor
-    prefixes: dict = {}
+    shared: dict = {}
+    unsubscribe = _UnsubscribeLines(ctx, raw, package) if package else None
     deliveries = []
     sign = _verp_signer(ctx)
-    for email, email_id, team in recipients:
-        url = _unsubscribe_url(ctx, package, email) if team is None else None
-        key = (team, url)
-        prefix = prefixes.get(key)
-        if prefix is None:
+    for recipient in recipients:
+        email, email_id, team = recipient[:3]
+        binding = recipient[3] if len(recipient) > 3 else None
+        parts = shared.get(team)
+        if parts is None:
             try:
                 extra = list(vendor.extra_headers(msg, package, keyword, team)) if vendor else []
             except Exception:
                 log.failure("vendor extra_headers failed")
                 extra = []
-            headers = forward_headers(ctx.fqdn, package, keyword, team=team,
-                                      direct=team is None, vendor_headers=extra,
-                                      unsubscribe_url=url)
-            prefix = header_prefix(raw, headers)
-            if url is None:
-                prefixes[key] = prefix
+            head, tail = _shared_headers(ctx.fqdn, package, keyword, team, team is None, extra)
+            plain = []
+            if team is None and package:
+                plain = unsubscribe_headers(ctx.fqdn, package)
+            parts = shared[team] = (header_prefix(raw, head), header_prefix(raw, tail),
+                                    header_prefix(raw, head + plain + tail))
+        if binding is not None and team is None and unsubscribe is not None:
+            prefix = b"".join((parts[0], unsubscribe.lines(binding), parts[1]))
+        else:
+            prefix = parts[2]
         deliveries.append((email, sign(email, email_id), prefix))
     return deliveries
 
@@ -307,7 +368,7 @@ def handle_dispatch(incoming, ctx):
     seen: set[int] = set()
     deliveries = []
     for package in found.packages:
-        recipients = yield from fanout_recipients(package, found.keyword)
+        recipients = yield from fanout_targets(package, found.keyword)
         recipients = [r for r in recipients if r[1] not in seen]
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))

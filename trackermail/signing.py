@@ -8,74 +8,54 @@ Two things live here:
     (VERP tags, unsubscribe tokens) names its own purpose, so a MAC made for one
     purpose never verifies as another, even though they share one secret.
 
-  - The one-click unsubscribe token of RFC 8058: C{List-Unsubscribe:
-    <https://FQDN/unsubscribe/TOKEN>}. The token carries the package, the
-    address and the time it was issued, signed, so the HTTP side needs no
-    stored state to act on it, and it expires.
+  - The unsubscribe token of one subscription, carried by every copy sent to
+    a direct subscriber: in the one-click link of RFC 8058
+    (C{<https://FQDN/unsubscribe/TOKEN>}) and in the C{mailto:} of
+    C{List-Unsubscribe} (C{subject=unsubscribe PKG TOKEN}).
 
-Token syntax: C{PAYLOAD.MAC}, both base64url without padding, so the token is
-safe in a URL path segment as it is. PAYLOAD is the JSON array C{[issued,
-package, email]}. MAC is the first 16 bytes of HMAC-SHA256 over the PAYLOAD
-I{text}: the check compares MAC texts, so base64's spare bits cannot make two
-different tokens verify.
+Token syntax: C{ID.MAC}. ID is the subscription's row id in decimal; MAC is
+the first 16 bytes of L{keyed_digest} (HMAC-SHA256), base64url without
+padding (22 characters), over the package, the id, the address (lower case)
+and the subscription's salt (random text drawn when it started). The token says
+nothing by itself: whoever checks it looks the subscription up by its id and
+recomputes the MAC from what is stored. So a token proves that its bearer
+got mail for that very subscription, and dies with it: once the subscription
+ends, no later one (not even one that reuses the row id) has the same salt.
+A token is made with one HMAC, cheap enough for every copy of a fan-out.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hmac
-import json
 import re
+from typing import Callable
 
 from trackermail.errors import TrackerError
 
 __all__ = [
     "keyed_digest",
-    "make_unsubscribe_token",
-    "check_unsubscribe_token",
+    "subscription_token",
+    "subscription_signer",
+    "parse_subscription_token",
+    "subscription_token_matches",
     "InvalidToken",
-    "ExpiredToken",
-    "DEFAULT_MAX_AGE_DAYS",
 ]
-
-DEFAULT_MAX_AGE_DAYS = 60
-
-# A token issued this far in our future can only come from a node whose clock
-# was wrong when it signed; beyond it we refuse rather than let a token live
-# for years.
-_CLOCK_SKEW = 86400
-
-# An honest token is well under 1 kB (an address is at most 254 octets); refuse
-# to even look at huge input.
-_MAX_TOKEN_LENGTH = 4096
 
 _MAC_BYTES = 16
 
-_TOKEN_PURPOSE = "unsubscribe-token-v1"
+_TOKEN_PURPOSE = "unsubscribe-subscription-v1"
 
-_TOKEN_RE = re.compile(r"\A([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\Z")
+# Ids are BIGINT (at most 19 digits); the MAC is 22 base64url characters.
+_TOKEN_RE = re.compile(r"\A([1-9][0-9]{0,18})\.([A-Za-z0-9_-]{22})\Z")
+_MAX_ID = 2**63 - 1
 
 
 class InvalidToken(TrackerError):
     """
-    The unsubscribe token is malformed, was not made with our secret, or was
-    altered. The HTTP side answers it with a 4xx page and changes nothing.
+    The unsubscribe token is malformed. (Whether a well-formed token belongs
+    to a current subscription is for the store to say.)
     """
-
-
-class ExpiredToken(InvalidToken):
-    """
-    The unsubscribe token is genuine but too old. The HTTP side answers it with
-    a 4xx page; since the signature was good, L{package} and L{email} say what
-    the link was for, so the page can tell the reader how to unsubscribe by
-    mail instead.
-    """
-
-    def __init__(self, message: str, package: str, email: str) -> None:
-        super().__init__(message)
-        self.package = package
-        self.email = email
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -121,108 +101,83 @@ def keyed_digest(secret: str, purpose: str, *fields: str | bytes | int) -> bytes
     return hmac.digest(key, b"".join(pieces), "sha256")
 
 
+_B64URL = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_B64URL).rstrip(b"=").decode(
+        "ascii")
 
 
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _piece(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
 
 
-def _token_mac(secret: str, payload: str) -> str:
-    return _b64encode(
-        keyed_digest(secret, _TOKEN_PURPOSE, payload)[:_MAC_BYTES]
-    )
-
-
-def _check_now(now: int) -> None:
-    if isinstance(now, bool) or not isinstance(now, int):
-        raise TypeError("now must be an int (seconds since the epoch)")
-
-
-def make_unsubscribe_token(secret: str, package: str, email: str, now: int) -> str:
+def subscription_signer(secret: str, package: str) -> Callable[[int, str, str], str]:
     """
-    Make the signed token of a one-click unsubscribe link.
+    C{token(subscription_id, email_lower, salt)} for subscriptions to
+    C{package}: what L{subscription_token} makes, with the key and the part
+    of the MAC input all of a fan-out's copies share encoded once, so that
+    each token costs one HMAC and little else.
+
+    @raise ValueError: on an empty secret.
+    """
+    key = _secret_bytes(secret)
+    head = _piece(_TOKEN_PURPOSE.encode("ascii")) + _piece(_field_bytes(package))
+
+    def token(subscription_id: int, email_lower: str, salt: str) -> str:
+        if isinstance(subscription_id, bool) or not isinstance(subscription_id, int):
+            raise TypeError("subscription_id must be an int")
+        if not 0 < subscription_id <= _MAX_ID:
+            raise ValueError("subscription_id out of range")
+        data = b"".join((
+            head,
+            _piece(b"i%d" % subscription_id),
+            _piece(b"s" + email_lower.encode("utf-8", "surrogatepass")),
+            _piece(b"s" + salt.encode("utf-8", "surrogatepass")),
+        ))
+        mac = hmac.digest(key, data, "sha256")[:_MAC_BYTES]
+        return f"{subscription_id}.{_b64encode(mac)}"
+
+    return token
+
+
+def subscription_token(secret: str, subscription_id: int, package: str,
+                       email_lower: str, salt: str) -> str:
+    """
+    The unsubscribe token of one subscription: the MAC is
+    L{keyed_digest} over the package, the id, the address and the salt.
 
     @param secret: the tracker's C{secret_key}.
-    @param package: the package the link unsubscribes from.
-    @param email: the subscriber's address, as stored.
-    @param now: the issue time, in seconds since the epoch.
-    @return: a URL-safe token (C{[A-Za-z0-9_.-]}).
-    @raise ValueError: on an empty secret, package or address, or a negative
-        time.
+    @param subscription_id: the subscription's row id.
+    @param package: the package subscribed to.
+    @param email_lower: the subscriber's address in lower case.
+    @param salt: the subscription's salt (C{""} when it has none).
+    @return: C{ID.MAC}, safe as it is in a URL path and a mail subject.
+    @raise ValueError: on an empty secret or an id out of range.
     """
-    _secret_bytes(secret)
-    _check_now(now)
-    if now < 0:
-        raise ValueError("now must not be negative")
-    for name, value in (("package", package), ("email", email)):
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a str")
-        if not value:
-            raise ValueError(f"{name} must not be empty")
-    payload = _b64encode(
-        json.dumps([now, package, email], separators=(",", ":")).encode("ascii")
-    )
-    return payload + "." + _token_mac(secret, payload)
+    return subscription_signer(secret, package)(subscription_id, email_lower, salt)
 
 
-def check_unsubscribe_token(
-    secret: str, token: str, now: int, max_age_days: int = DEFAULT_MAX_AGE_DAYS
-) -> tuple[str, str]:
+def parse_subscription_token(token) -> tuple[int, str]:
     """
-    Verify a one-click unsubscribe token.
+    C{(subscription id, MAC text)} of a token, without checking the MAC.
 
-    A token is valid from its issue time until C{max_age_days} days after it,
-    inclusive. Any input, however malformed, gives either a result or one of
-    the two exceptions below.
-
-    @param secret: the tracker's C{secret_key}.
-    @param token: the token from the URL.
-    @param now: the current time, in seconds since the epoch.
-    @param max_age_days: how long a token lives.
-    @return: C{(package, email)}.
-    @raise ExpiredToken: the token is genuine but older than C{max_age_days}.
-    @raise InvalidToken: anything else wrong with the token (malformed, altered,
-        signed with another secret, issued too far in the future).
-    @raise ValueError: if C{secret} is empty or C{max_age_days} negative:
-        configuration errors, not bad input.
+    @raise InvalidToken: for anything that is not shaped like a token.
     """
-    _secret_bytes(secret)
-    _check_now(now)
-    if isinstance(max_age_days, bool) or not isinstance(max_age_days, int):
-        raise TypeError("max_age_days must be an int")
-    if max_age_days < 0:
-        raise ValueError("max_age_days must not be negative")
-    if not isinstance(token, str):
-        raise InvalidToken("the token is not text")
-    if len(token) > _MAX_TOKEN_LENGTH:
-        raise InvalidToken("the token is too long")
+    if not isinstance(token, str) or len(token) > 64:
+        raise InvalidToken("not an unsubscribe token")
     match = _TOKEN_RE.match(token)
     if match is None:
-        raise InvalidToken("the token is malformed")
-    payload, given_mac = match.groups()
-    if not hmac.compare_digest(_token_mac(secret, payload), given_mac):
-        raise InvalidToken("the token's signature does not match")
+        raise InvalidToken("not an unsubscribe token")
+    subscription_id = int(match.group(1))
+    if subscription_id > _MAX_ID:
+        raise InvalidToken("not an unsubscribe token")
+    return subscription_id, match.group(2)
 
-    # Only signed data gets this far, so a failure below means our own format
-    # changed; still, answer it as a bad token rather than crash.
-    try:
-        issued, package, email = json.loads(_b64decode(payload))
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidToken("the token's content is malformed") from None
-    if (
-        isinstance(issued, bool)
-        or not isinstance(issued, int)
-        or not isinstance(package, str)
-        or not isinstance(email, str)
-        or not package
-        or not email
-    ):
-        raise InvalidToken("the token's content is malformed")
 
-    if issued > now + _CLOCK_SKEW:
-        raise InvalidToken("the token was issued in the future")
-    if now - issued > max_age_days * 86400:
-        raise ExpiredToken("the token has expired", package, email)
-    return package, email
+def subscription_token_matches(secret: str, mac: str, subscription_id: int, package: str,
+                               email_lower: str, salt: str) -> bool:
+    """Whether C{mac} is the MAC of that subscription (constant-time compare)."""
+    expected = subscription_token(secret, subscription_id, package, email_lower, salt)
+    return hmac.compare_digest(expected.partition(".")[2], mac)

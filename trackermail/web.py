@@ -6,9 +6,11 @@ and a health check, as twisted.web resources.
   - C{GET /unsubscribe/TOKEN} shows what the link is for and a button; it
     changes nothing, because link scanners and previews fetch every URL of
     a mail. C{POST /unsubscribe/TOKEN} (RFC 8058's C{List-Unsubscribe=One-Click}
-    body sent by mail providers, or the page's button) unsubscribes the
-    address the token names from its package. A malformed, altered or
-    expired token gets a 4xx page and changes nothing.
+    body sent by mail providers, or the page's button) ends the subscription
+    the token was made for (L{trackermail.signing}). A malformed token gets a
+    400 page; an altered one, or one whose subscription has ended (even if
+    the address subscribed again since), a 410 page; neither changes
+    anything.
   - C{GET /metrics}: Prometheus text (or OpenMetrics when asked for); see
     L{trackermail.metrics}.
   - C{GET /healthz}: C{200 ok} when the store answers and the spool can
@@ -31,12 +33,12 @@ from twisted.web.resource import Resource
 
 from trackermail import metrics
 from trackermail.endpoints import ListeningService
-from trackermail.errors import InvalidValue, TemporaryFailure
+from trackermail.errors import TemporaryFailure
 from trackermail.ingress.spool import writable_problem
-from trackermail.signing import ExpiredToken, InvalidToken, check_unsubscribe_token
+from trackermail.signing import InvalidToken, parse_subscription_token
 from trackermail.store.ledger import ping
 from trackermail.store.outbox import outbox_summary
-from trackermail.store.subscriptions import unsubscribe
+from trackermail.store.subscriptions import token_subscription, unsubscribe_by_token
 
 log = Logger()
 
@@ -237,7 +239,7 @@ class UnsubscribeLink(Resource):
         self.tracker = site
         self.token = token
 
-    def _check(self, request) -> tuple[str, str] | Response:
+    def _check(self, request) -> str | Response:
         if request.postpath:
             return self.tracker.bad_link("extra path after the token")
         try:
@@ -246,23 +248,21 @@ class UnsubscribeLink(Resource):
             return self.tracker.bad_link("the token is not ASCII")
         return self.tracker.check_token(token)
 
-    def render_GET(self, request):
+    def _answer(self, request, work, what: str):
         checked = self._check(request)
         if isinstance(checked, Response):
             return _send(request, checked)
-        package, email = checked
-        return _send(request, self.tracker.confirm_page(package, email))
-
-    def render_POST(self, request):
-        checked = self._check(request)
-        if isinstance(checked, Response):
-            return _send(request, checked)
-        package, email = checked
         if not self.tracker.readiness.is_ready:
             return _send(request, _unavailable("the database is not ready yet"))
+        return answer_later(request, Deferred.fromCoroutine(work(checked)), what)
+
+    def render_GET(self, request):
+        return self._answer(request, self.tracker.confirm_page, "unsubscribe page")
+
+    def render_POST(self, request):
         one_click = request.args.get(b"List-Unsubscribe") == [b"One-Click"]
-        work = Deferred.fromCoroutine(self.tracker.unsubscribe(package, email, one_click))
-        return answer_later(request, work, "one-click unsubscribe")
+        return self._answer(request, lambda token: self.tracker.unsubscribe(token, one_click),
+                            "one-click unsubscribe")
 
 
 # ---------------------------------------------------------------------------
@@ -334,77 +334,77 @@ class TrackerSite:
 
     # -- unsubscribe -------------------------------------------------------
 
-    def _mail_hint(self, package: str | None = None, email: str | None = None) -> str:
+    def _mail_hint(self, package: str | None = None) -> str:
         control = f"control@{self.config.tracker.fqdn}"
-        if package and email:
-            command, where = f"unsubscribe {package} {email}", ""
-        else:
-            command, where = "unsubscribe PACKAGE", " from the subscribed address"
+        command = f"unsubscribe {package}" if package else "unsubscribe PACKAGE"
         return (f"<p>You can also unsubscribe by mail: write <code>{_e(command)}</code>"
-                f" to <a href=\"mailto:{_e(control)}\">{_e(control)}</a>{where}.</p>")
+                f" to <a href=\"mailto:{_e(control)}\">{_e(control)}</a> from the"
+                " subscribed address, and answer the confirmation.</p>")
 
     def bad_link(self, reason: str) -> Response:
         return page(400, "This unsubscribe link is not valid", [
             "<p>The link may have been cut or changed on its way. Nothing was"
             " changed.</p>", self._mail_hint()])
 
-    def check_token(self, token: str) -> tuple[str, str] | Response:
+    def gone_link(self) -> Response:
+        return page(410, "This unsubscribe link no longer works", [
+            "<p>The subscription it was made for has ended already (a link"
+            " stops working when its subscription ends, even if the address"
+            " subscribed again later), or the link was changed on its way."
+            " Nothing was changed. Each mail about a package brings a link of"
+            " its own.</p>", self._mail_hint()])
+
+    def check_token(self, token: str) -> str | Response:
+        """The token when it is shaped like one, else the page refusing it."""
         try:
-            return check_unsubscribe_token(
-                self.config.tracker.secret_key, token, int(self.clock.seconds()),
-                max_age_days=self.config.http.unsubscribe_token_days,
-            )
-        except ExpiredToken as e:
-            log.info("expired unsubscribe link for {email} and {package}",
-                     email=e.email, package=e.package)
-            return page(410, "This unsubscribe link has expired", [
-                f"<p>It was meant to unsubscribe <strong>{_e(e.email)}</strong> from"
-                f" <strong>{_e(e.package)}</strong>, but it is too old to be used."
-                " Nothing was changed; the next mail about the package brings"
-                " a fresh link.</p>", self._mail_hint(e.package, e.email)])
+            parse_subscription_token(token)
         except InvalidToken as e:
             log.info("invalid unsubscribe link: {reason}", reason=str(e))
             return self.bad_link(str(e))
+        return token
 
-    def confirm_page(self, package: str, email: str) -> Response:
+    async def _store(self, program, *args):
+        return await within(self.store.run(program, *args), WRITE_TIMEOUT, self.clock)
+
+    async def confirm_page(self, token: str) -> Response:
+        try:
+            found = await self._store(token_subscription, self.config.tracker.secret_key,
+                                      token)
+        except (TemporaryFailure, defer.TimeoutError) as e:
+            log.warn("cannot look up an unsubscribe link: {error}", error=_describe(e))
+            return _unavailable("the database did not answer")
+        if found is None:
+            log.info("unsubscribe link for no current subscription (page)")
+            return self.gone_link()
+        email, package = found
         return page(200, f"Unsubscribe from {package}", [
             f"<p>Stop sending mail about the package <strong>{_e(package)}</strong>"
             f" to <strong>{_e(email)}</strong>?</p>",
             "<form method=\"post\">"
             "<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">"
             "<button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></form>",
-            self._mail_hint(package, email)])
+            self._mail_hint(package)])
 
-    async def unsubscribe(self, package: str, email: str, one_click: bool) -> Response:
+    async def unsubscribe(self, token: str, one_click: bool) -> Response:
         fqdn = self.config.tracker.fqdn
-        try:
-            removed = await within(self.store.run(unsubscribe, email, package),
-                                   WRITE_TIMEOUT, self.clock)
-        except InvalidValue as e:
-            log.warn("unsubscribe link for an unusable address {email!r}: {error}",
-                     email=email, error=str(e))
-            return page(400, "This unsubscribe link is not valid", [
-                f"<p>{_e(email)} is not an address the tracker can use. Nothing"
-                " was changed.</p>"])
-        except (TemporaryFailure, defer.TimeoutError) as e:
-            log.warn("cannot unsubscribe {email} from {package}: {error}",
-                     email=email, package=package, error=_describe(e))
-            return _unavailable("the database did not answer")
         how = "one-click" if one_click else "form"
-        if removed:
-            metrics.unsubscribed_by_link()
-            log.info("unsubscribed {email} from {package} by link ({how})",
-                     email=email, package=package, how=how)
-            done = (f"<p><strong>{_e(email)}</strong> will no longer receive mail"
-                    f" about <strong>{_e(package)}</strong> from {_e(fqdn)}.</p>")
-        else:
-            log.info("unsubscribe link for {email} and {package}: not subscribed ({how})",
-                     email=email, package=package, how=how)
-            done = (f"<p><strong>{_e(email)}</strong> was not subscribed to"
-                    f" <strong>{_e(package)}</strong>: there was nothing to change.</p>")
+        try:
+            removed = await self._store(unsubscribe_by_token,
+                                        self.config.tracker.secret_key, token)
+        except (TemporaryFailure, defer.TimeoutError) as e:
+            log.warn("cannot unsubscribe by link: {error}", error=_describe(e))
+            return _unavailable("the database did not answer")
+        if removed is None:
+            log.info("unsubscribe link for no current subscription ({how})", how=how)
+            return self.gone_link()
+        email, package = removed
+        metrics.unsubscribed_by_link()
+        log.info("unsubscribed {email} from {package} by link ({how})",
+                 email=email, package=package, how=how)
         control = f"control@{fqdn}"
         return page(200, "Unsubscribed", [
-            done,
+            f"<p><strong>{_e(email)}</strong> will no longer receive mail"
+            f" about <strong>{_e(package)}</strong> from {_e(fqdn)}.</p>",
             f"<p>To subscribe again, write <code>subscribe {_e(package)}</code> to"
             f" <a href=\"mailto:{_e(control)}\">{_e(control)}</a>.</p>"])
 

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
 from trackermail.config import config_from_dict
 from trackermail.control.handler import handle_control
+from trackermail.control.texts import NOTICE_SUBJECT
 from trackermail.handling import Context, Incoming
 from trackermail.message import parse_message
 from trackermail.routing import Route
@@ -133,6 +134,8 @@ class ControlMixin:
         self.store = await self.make_store()
         self.config = make_config()
         self._last_id = 0
+        self.sent: list[Sent] = []
+        self.notices: dict = {}
         await self.store.run(add_package, "foo", "source", ("libfoo1", "foo-doc"))
         await self.store.run(add_package, "bar", "source")
         await self.store.run(add_package, "general", "pseudo")
@@ -151,21 +154,33 @@ class ControlMixin:
         """
         Send a control mail; fires with C{(outcome, reply, confirmations)}:
         the reply L{Sent} (None when there is none) and the CONFIRM mails by
-        recipient.
+        recipient. The notice mails, by recipient, are left in
+        C{self.notices}; every mail queued is added to C{self.sent}.
         """
         mail_kwargs = {k: kwargs.pop(k) for k in
                        ("sender", "headers", "msgid", "content_type") if k in kwargs}
         outcome = await self.run_mail(make_mail(body, subject, **mail_kwargs), **kwargs)
         sent = await self.outbox()
-        replies = [s for s in sent if not s.subject.startswith("CONFIRM ")]
+        self.sent.extend(sent)
+        replies = [s for s in sent if s.subject.startswith("Re: ")]
         self.assertLessEqual(len(replies), 1)
         confirmations = {}
+        self.notices = {}
         for s in sent:
+            self.assertEqual(len(s.recipients), 1)
             if s.subject.startswith("CONFIRM "):
-                self.assertEqual(len(s.recipients), 1)
-                self.assertNotIn(s.recipients[0], confirmations)
-                confirmations[s.recipients[0]] = s
+                found = confirmations
+            elif s.subject == NOTICE_SUBJECT:
+                found = self.notices
+            else:
+                continue
+            self.assertNotIn(s.recipients[0], found)
+            found[s.recipients[0]] = s
         return outcome, (replies[0] if replies else None), confirmations
+
+    def mails_to(self, email: str) -> list[Sent]:
+        """Every mail queued for C{email} by this test's control mails so far."""
+        return [s for s in self.sent if email in s.recipients]
 
     async def reply_lines(self, body: str = "", subject: str = "", **kwargs):
         """The reply's lines to a control mail (which must get a reply)."""

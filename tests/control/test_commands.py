@@ -5,9 +5,10 @@ Each control command, as a user sees it: the exact lines of the reply.
 import re
 
 from tests.control import DEFAULTS, JANE, TOM, ControlMixin, backends
+from trackermail.control import texts
 from trackermail.store.keywords import default_keywords
 from trackermail.store.subscriptions import subscribe
-from trackermail.store.teams import is_member, join_team
+from trackermail.store.teams import is_member, join_team, set_membership_muted
 
 CONFIRM_JANE = f"Needs confirmation: a mail with a key was sent to {JANE}."
 CONFIRM_TOM = f"Needs confirmation: a mail with a key was sent to {TOM}."
@@ -187,63 +188,81 @@ class KeywordMixin(ControlMixin):
         lines = await self.reply_lines("keyword")
         self.assertEqual(lines, ["> keyword", f"Default keywords of {JANE}: {DEFAULTS}"])
 
+    async def confirmed_lines(self, body, confirm_as=JANE, **kwargs):
+        """Send C{body}, then confirm as C{confirm_as}; fires with the confirm reply's lines."""
+        _, _, confirmations = await self.control(body, **kwargs)
+        return await self.reply_lines(f"confirm {confirmations[confirm_as].key}")
+
+    async def test_edit_default_needs_confirmation(self):
+        """keyword +/-/= asks for a confirmation and changes nothing before it."""
+        _, reply, confirmations = await self.control("keyword + vcs")
+        self.assertEqual(reply.lines, ["> keyword + vcs", CONFIRM_JANE])
+        self.assertIn(f"* keyword {JANE} + vcs: add vcs to the default keywords of {JANE}",
+                      confirmations[JANE].lines)
+        self.assertEqual(await self.store.run(default_keywords, JANE), set(DEFAULTS.split(", ")))
+
     async def test_edit_default(self):
-        """keyword +/-/= edit the default set and show the result."""
-        lines = await self.reply_lines("keywords + vcs\ntag - bts,build\ntags = vcs summary")
-        self.assertEqual(lines, [
-            "> keywords + vcs",
+        """keyword +/-/= edit the default set once confirmed, in order, and show the result."""
+        lines = await self.confirmed_lines("keywords + vcs\ntag - bts,build\ntags = vcs summary")
+        self.assertEqual(lines[1:], [
+            f"Confirmed for {JANE}:",
             f"Default keywords of {JANE} are now: "
             "archive, bts, bts-control, build, contact, default, summary, upload-source, vcs",
-            "",
-            "> tag - bts,build",
             f"Default keywords of {JANE} are now: "
             "archive, bts-control, contact, default, summary, upload-source, vcs",
-            "",
-            "> tags = vcs summary",
             f"Default keywords of {JANE} are now: summary, vcs",
         ])
+        self.assertEqual(await self.store.run(default_keywords, JANE), {"summary", "vcs"})
 
     async def test_edit_default_of_other_address(self):
-        """keyword EMAIL = ... edits that address's defaults."""
-        lines = await self.reply_lines(f"keyword {TOM} = vcs")
-        self.assertEqual(lines, [f"> keyword {TOM} = vcs",
-                                 f"Default keywords of {TOM} are now: vcs"])
+        """keyword EMAIL = ... asks EMAIL, and only its key makes the change."""
+        _, reply, confirmations = await self.control(f"keyword {TOM} = vcs")
+        self.assertEqual(reply.lines, [f"> keyword {TOM} = vcs", CONFIRM_TOM])
+        self.assertEqual(list(confirmations), [TOM])
+        await self.control(f"confirm {confirmations[TOM].key}", sender=TOM)
         self.assertEqual(await self.store.run(default_keywords, TOM), {"vcs"})
 
     async def test_unknown_keyword_warns(self):
-        """An unknown keyword is a warning; the others still apply."""
-        lines = await self.reply_lines("keyword = vcs nope")
-        self.assertEqual(lines, ["> keyword = vcs nope",
-                                 'Warning: "nope" is not a keyword: ignored.',
-                                 f"Default keywords of {JANE} are now: vcs"])
+        """An unknown keyword is a warning; the others still wait for confirmation."""
+        _, reply, confirmations = await self.control("keyword = vcs nope")
+        self.assertEqual(reply.lines, ["> keyword = vcs nope",
+                                       'Warning: "nope" is not a keyword: ignored.',
+                                       CONFIRM_JANE])
+        self.assertIn(f"* keyword {JANE} = vcs: make vcs the default keywords of {JANE}",
+                      confirmations[JANE].lines)
 
     async def test_only_unknown_keywords(self):
-        """With no valid keyword at all, nothing changes."""
-        lines = await self.reply_lines("keyword = nope")
-        self.assertEqual(lines, ["> keyword = nope",
-                                 'Warning: "nope" is not a keyword: ignored.',
-                                 "Error: no valid keyword given: nothing changed."])
+        """With no valid keyword at all, nothing changes and nobody is asked."""
+        _, reply, confirmations = await self.control("keyword = nope")
+        self.assertEqual(reply.lines, ["> keyword = nope",
+                                       'Warning: "nope" is not a keyword: ignored.',
+                                       "Error: no valid keyword given: nothing changed."])
+        self.assertEqual(confirmations, {})
         self.assertEqual(await self.store.run(default_keywords, JANE),
                          set(DEFAULTS.split(", ")))
 
     async def test_package_keywords(self):
-        """keyword PKG shows and edits one subscription's keywords."""
+        """keyword PKG shows one subscription's keywords; an edit waits for confirmation."""
         await self.store.run(subscribe, JANE, "foo")
-        lines = await self.reply_lines("keyword foo\nkeyword foo = bts vcs")
-        self.assertEqual(lines, [
+        _, reply, confirmations = await self.control("keyword foo\nkeyword foo = bts vcs")
+        self.assertEqual(reply.lines, [
             "> keyword foo",
             f"Keywords of {JANE} for foo: {DEFAULTS}",
             "",
             "> keyword foo = bts vcs",
-            f"Keywords of {JANE} for foo are now: bts, vcs",
+            CONFIRM_JANE,
         ])
+        self.assertIn(f"* keyword foo {JANE} = bts vcs: make bts, vcs the keywords of {JANE}"
+                      " for foo", confirmations[JANE].lines)
+        lines = await self.reply_lines(f"confirm {confirmations[JANE].key}")
+        self.assertEqual(lines[2:], [f"Keywords of {JANE} for foo are now: bts, vcs"])
 
     async def test_package_keywords_other_address(self):
-        """keyword PKG EMAIL - ... edits another address's subscription."""
+        """keyword PKG EMAIL - ... is confirmed by EMAIL, then edits its subscription."""
         await self.store.run(subscribe, TOM, "foo")
-        lines = await self.reply_lines(f"tag foo {TOM} - default, bts")
-        self.assertEqual(lines, [
-            f"> tag foo {TOM} - default, bts",
+        lines = await self.confirmed_lines(f"tag foo {TOM} - default, bts", confirm_as=TOM)
+        self.assertEqual(lines[1:], [
+            f"Confirmed for {TOM}:",
             f"Keywords of {TOM} for foo are now: "
             "archive, bts-control, build, contact, summary, upload-source",
         ])
@@ -272,34 +291,49 @@ class TeamMixin(ControlMixin):
         self.assertEqual(lines, ["> join-team nosuch", "Error: there is no team nosuch."])
 
     async def test_join_private_team(self):
-        """A private team cannot be joined by asking."""
+        """A private team cannot be joined by asking; the reply names the owner's command."""
         _, reply, confirmations = await self.control("join-team secret")
         self.assertEqual(reply.lines, [
             "> join-team secret",
-            "Error: team secret is not open to everyone: ask its owner to add you.",
+            "Error: team secret is not open to everyone: its owner can add you with"
+            ' "add-team-member secret EMAIL".',
         ])
         self.assertEqual(confirmations, {})
 
-    async def test_owner_adds_to_private_team(self):
-        """The owner of a private team may ask for someone to join it."""
+    async def test_owner_cannot_join_someone_to_private_team(self):
+        """Even its owner's join-team TEAM EMAIL does not open a private team: add-team-member does."""
         _, reply, confirmations = await self.control(f"join-team secret {JANE}", sender=TOM)
-        self.assertEqual(reply.lines, [f"> join-team secret {JANE}", CONFIRM_JANE])
-        self.assertEqual(list(confirmations), [JANE])
+        self.assertIn("add-team-member secret EMAIL", reply.lines[1])
+        self.assertEqual(confirmations, {})
 
     async def test_join_already_member(self):
         """Joining a team again says so."""
         lines = await self.reply_lines("join-team perl", sender=TOM)
         self.assertEqual(lines, ["> join-team perl", f"{TOM} is already a member of team perl."])
 
-    async def test_leave_team(self):
-        """leave-team takes effect at once."""
-        await self.store.run(join_team, "perl", JANE)
-        lines = await self.reply_lines("leave-team perl\nleave-team perl\nleave-team nosuch")
+    async def test_join_muted_membership(self):
+        """join-team on a muted membership says how to unmute it."""
+        await self.store.run(set_membership_muted, "perl", TOM, True)
+        lines = await self.reply_lines("join-team perl", sender=TOM)
         self.assertEqual(lines, [
-            "> leave-team perl", f"{JANE} has left team perl.", "",
+            "> join-team perl",
+            f'{TOM} is already a member of team perl, but muted: send "unmute-team perl"'
+            " to get its mail again."])
+
+    async def test_leave_team(self):
+        """leave-team needs the member's confirmation, then ends the membership."""
+        await self.store.run(join_team, "perl", JANE)
+        _, reply, confirmations = await self.control(
+            "leave-team perl\nleave-team perl\nleave-team nosuch")
+        self.assertEqual(reply.lines, [
+            "> leave-team perl", CONFIRM_JANE, "",
             "> leave-team perl", "Same command as above: not run again.", "",
             "> leave-team nosuch", "Error: there is no team nosuch.",
         ])
+        self.assertTrue(await self.store.run(is_member, "perl", JANE))
+        lines = await self.reply_lines(f"confirm {confirmations[JANE].key}")
+        self.assertEqual(lines[1:], [f"Confirmed for {JANE}:",
+                                     f"{JANE} is no longer a member of team perl."])
         self.assertFalse(await self.store.run(is_member, "perl", JANE))
 
     async def test_leave_team_not_member(self):
@@ -345,10 +379,18 @@ class OtherCommandsMixin(ControlMixin):
             "Commands understood by control@tracker.example.org"
             " (EMAIL defaults to your From: address):",
         ])
-        for name in ("subscribe", "unsubscribe", "unsubscribeall", "which", "who",
-                     "keyword", "join-team", "leave-team", "list-team-packages",
-                     "which-teams", "confirm", "help", "quit"):
-            self.assertTrue(any(re.match(rf"\* {name}[ :,]", line) for line in lines), name)
+        for usage in texts.USAGES.values():
+            # Every command, with its arguments as its usage line names them.
+            name, _, args = usage.partition(" ")
+            words = [w for w in re.split(r"[\[\]| ]+", args) if w and w != "..."]
+            shown = [line for line in lines if line.startswith(f"* {name} ")
+                     or line.startswith(f"* {name}:")]
+            self.assertTrue(shown, name)
+            for word in words:
+                self.assertTrue(any(word in line for line in shown), (name, word))
+        self.assertTrue(any(line.startswith("* quit") for line in lines))
+        self.assertIn("This includes keyword changes, which distro-tracker makes at once.",
+                      lines)
         self.assertEqual(lines[-1], "A human reads owner@tracker.example.org.")
 
     async def test_usage(self):

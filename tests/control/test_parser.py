@@ -45,10 +45,48 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse("tag = vcs,bts, Build   summary ,").keywords,
                          ("vcs", "bts", "build", "summary"))
 
+    def test_unsubscribe_token(self):
+        """unsubscribe PKG takes an EMAIL (with @) or else an unsubscribe token."""
+        self.assertEqual(parse("unsubscribe foo 12.abc_-"),
+                         Command("unsubscribe", package="foo", token="12.abc_-"))
+        self.assertEqual(parse("unsubscribe foo a@b.c"),
+                         Command("unsubscribe", package="foo", email="a@b.c"))
+
+    def test_team_member_commands(self):
+        """mute-team and unmute-team take TEAM [PKG] [EMAIL]; owners' commands TEAM EMAIL."""
+        self.assertEqual(parse("mute-team perl"), Command("mute-team", slug="perl"))
+        self.assertEqual(parse("unmute-team perl foo"),
+                         Command("unmute-team", slug="perl", package="foo"))
+        self.assertEqual(parse("mute-team perl a@b.c"),
+                         Command("mute-team", slug="perl", email="a@b.c"))
+        self.assertEqual(parse("mute-team perl foo a@b.c"),
+                         Command("mute-team", slug="perl", package="foo", email="a@b.c"))
+        self.assertEqual(parse("add-team-member perl a@b.c"),
+                         Command("add-team-member", slug="perl", email="a@b.c"))
+        self.assertEqual(parse("remove-team-member perl a@b.c"),
+                         Command("remove-team-member", slug="perl", email="a@b.c"))
+
+    def test_team_keyword_forms(self):
+        """team-keyword is TEAM, then the forms of keyword; team-tag(s) are its other names."""
+        self.assertEqual(parse("team-keyword perl"), Command("team-keyword", slug="perl"))
+        self.assertEqual(parse("team-tags perl foo a@b.c"),
+                         Command("team-keyword", slug="perl", package="foo", email="a@b.c"))
+        self.assertEqual(parse("team-keywords perl foo -vcs,bts"),
+                         Command("team-keyword", slug="perl", package="foo", op="-",
+                                 keywords=("vcs", "bts")))
+        self.assertEqual(parse("team-tag perl a@b.c = vcs"),
+                         Command("team-keyword", slug="perl", email="a@b.c", op="=",
+                                 keywords=("vcs",)))
+
     def test_usage_errors(self):
         """A known command with arguments that do not fit is a usage error."""
         for line in ("subscribe", "subscribe a b c", "who", "help me", "confirm",
-                     "keyword a b c", "keyword =", "which a b"):
+                     "keyword a b c", "keyword =", "which a b", "unsubscribe a b c",
+                     "add-team-member perl", "add-team-member perl a@b.c x",
+                     "remove-team-member", "mute-team", "mute-team perl a@b.c foo",
+                     "mute-team perl foo bar", "mute-team perl a@b.c d@e.f",
+                     "unmute-team a b c d", "team-keyword", "team-keyword = vcs",
+                     "team-keyword a@b.c", "team-keyword perl =", "team-keyword perl a b c"):
             self.assertTrue(parse(line).usage, line)
 
     def test_stop_words(self):

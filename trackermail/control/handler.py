@@ -1,11 +1,22 @@
 # -*- test-case-name: tests.control.test_handler -*-
 """
 The C{control@FQDN} service: one control mail in, one reply (and the
-confirmation mails it asks for) out.
+confirmation mails and notices it asks for) out.
 
 L{handle_control} is a store program: the processor runs it in the same
 transaction as the processed-ledger row, so the changes a mail makes, its
 reply and its CONFIRM mails are committed together or not at all.
+
+Replies are capped per sender and day (C{[control] max_replies_per_day},
+counted like the other budgets, see L{trackermail.store.budgets}), to limit
+backscatter to forged senders: the reply that reaches the cap says so, and
+later mails that day are dropped unanswered, unless they carry proof (a
+confirm key or an unsubscribe token), which is always acted on and
+answered. Such a proven reply does not count: each key and token works
+once, so they cannot be replayed into a flood, and a subscriber's own
+unsubscriptions must not use up the replies to the rest of their mail.
+The reply is never copied to other addresses: whoever is asked to confirm
+gets a CONFIRM mail that names who asked.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import re
 from itertools import chain
 
 from trackermail.control import texts
-from trackermail.control.commands import Session, describe, execute
+from trackermail.control.commands import execute
 from trackermail.control.parser import (
     MAX_COMMANDS,
     MAX_ERRORS,
@@ -26,6 +37,8 @@ from trackermail.control.parser import (
     parse,
     subject_line,
 )
+from trackermail.control.session import Session
+from trackermail.control.stored import describe
 from trackermail.errors import InvalidValue
 from trackermail.handling import Outcome
 from trackermail.message import (
@@ -35,6 +48,7 @@ from trackermail.message import (
     header_values,
     plain_text,
 )
+from trackermail.store.budgets import budget_key, count_reply, replies_today
 from trackermail.store.confirmations import reserve_key
 from trackermail.store.outbox import enqueue
 from trackermail.validation import normalize_email
@@ -46,10 +60,10 @@ _MAX_SUBJECT = 150
 
 def handle_control(incoming, ctx):
     """
-    Read a control mail, run its commands, queue the reply and the
-    confirmation mails. Fires with an L{Outcome}: C{dropped} (never
-    answered, with the reason), C{ignored} (no command in it) or
-    C{replied}.
+    Read a control mail, run its commands, queue the reply, the
+    confirmation mails and the notices. Fires with an L{Outcome}:
+    C{dropped} (never answered, with the reason), C{ignored} (no command in
+    it) or C{replied}.
     """
     msg = incoming.msg
     control = f"control@{ctx.fqdn}"
@@ -63,6 +77,9 @@ def handle_control(incoming, ctx):
         return Outcome("dropped", "mail from the tracker's own domain")
 
     session = Session(ctx, sender)
+    cap = session.reply_cap
+    if cap:
+        session.proof_only = (yield from replies_today(sender, ctx.today)) >= cap
     subject = subject_line(msg)
     text = plain_text(msg)
     out, commands = yield from transcript(session, subject, text or "")
@@ -70,57 +87,95 @@ def handle_control(incoming, ctx):
         out += [texts.NO_PLAIN_TEXT, ""]
     elif commands == 0:
         return Outcome("ignored", "no command in the mail")
-
-    cc = []
-    sent = 0
-    for pending in session.pending.values():
-        if not pending.allowed or not pending.commands:
-            continue
-        key, listed = yield from reserve_key(
-            pending.email, pending.commands, ctx.now, session.expiry
-        )
-        body = texts.confirmation_body(
-            requester=sender,
-            email=pending.email,
-            fqdn=ctx.fqdn,
-            control=control,
-            key=key,
-            lines=[describe(c) for c in listed],
-            days=ctx.config.control.confirmation_expiry_days,
-        )
-        mail = build_mail(
-            fqdn=ctx.fqdn,
-            from_=control,
-            to=pending.email,
-            subject=texts.CONFIRMATION_SUBJECT.format(key=key),
-            body=body,
-            headers=_bot_headers(control),
-            now=ctx.now,
-        )
-        yield from enqueue(mail, [(pending.email, "")], ctx.now)
-        sent += 1
-        if pending.email.lower() != sender.lower():
-            cc.append(pending.email)
+    if session.proof_only and not session.proven:
+        return Outcome("dropped", f"{budget_key(sender)} already got {cap} replies today",
+                       {"commands": commands})
 
     while out and out[-1] == "":
         out.pop()
+    sent = yield from _send_confirmations(session, out)
+    notices = yield from _send_notices(session)
+    if cap and not session.proven:
+        count = yield from count_reply(sender, ctx.today)
+        if count >= cap:
+            out += ["", texts.REPLY_CAP_REACHED.format(cap=cap, email=sender)]
     body = "\n".join(out + [""] + texts.reply_footer(ctx.fqdn, control)) + "\n"
     reply = build_mail(
         fqdn=ctx.fqdn,
         from_=control,
         to=sender,
-        cc=cc,
         subject="Re: " + texts.show(subject or "(no subject)", _MAX_SUBJECT),
         body=body,
         headers=_bot_headers(control) + _thread_headers(msg),
         now=ctx.now,
     )
-    yield from enqueue(reply, [(sender, "")] + [(c, "") for c in cc], ctx.now)
+    yield from enqueue(reply, [(sender, "")], ctx.now)
     return Outcome(
         "replied",
         f"{commands} commands",
-        {"commands": commands, "confirmations": sent},
+        {"commands": commands, "confirmations": sent, "notices": notices,
+         "proven": session.proven},
     )
+
+
+def _send_confirmations(session: Session, out: list):
+    """
+    Queue one CONFIRM mail per address that has commands waiting, or put
+    the key at the end of the reply (C{out}) when the address is the
+    sender and its budget is spent. Fires with the number of mails queued.
+    """
+    ctx = session.ctx
+    days = ctx.config.control.confirmation_expiry_days
+    sent = 0
+    for pending in session.pending.values():
+        if not pending.commands or not (pending.mailed or pending.inline):
+            continue
+        key, listed = yield from reserve_key(
+            pending.email, pending.commands, ctx.now, session.expiry
+        )
+        lines = [describe(c) for c in listed]
+        if not pending.mailed:
+            out += [""] + texts.inline_confirmation(
+                email=pending.email, control=session.control, key=key, lines=lines, days=days)
+            continue
+        body = texts.confirmation_body(
+            requester=session.sender, email=pending.email, fqdn=ctx.fqdn,
+            control=session.control, key=key, lines=lines, days=days,
+        )
+        mail = build_mail(
+            fqdn=ctx.fqdn,
+            from_=session.control,
+            to=pending.email,
+            subject=texts.CONFIRMATION_SUBJECT.format(key=key),
+            body=body,
+            headers=_bot_headers(session.control),
+            now=ctx.now,
+        )
+        yield from enqueue(mail, [(pending.email, "")], ctx.now)
+        sent += 1
+    return sent
+
+
+def _send_notices(session: Session):
+    """Queue one notice mail per address changed without its asking."""
+    ctx = session.ctx
+    sent = 0
+    for notice in session.notices.values():
+        if not notice.allowed or not notice.lines:
+            continue
+        mail = build_mail(
+            fqdn=ctx.fqdn,
+            from_=session.control,
+            to=notice.email,
+            subject=texts.NOTICE_SUBJECT,
+            body=texts.notice_body(email=notice.email, fqdn=ctx.fqdn,
+                                   control=session.control, lines=notice.lines),
+            headers=_bot_headers(session.control),
+            now=ctx.now,
+        )
+        yield from enqueue(mail, [(notice.email, "")], ctx.now)
+        sent += 1
+    return sent
 
 
 def transcript(session: Session, subject: str, text: str):

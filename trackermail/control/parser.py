@@ -39,6 +39,14 @@ NAMES = {
     "tags": "keyword",
     "join-team": "join-team",
     "leave-team": "leave-team",
+    "add-team-member": "add-team-member",
+    "remove-team-member": "remove-team-member",
+    "mute-team": "mute-team",
+    "unmute-team": "unmute-team",
+    "team-keyword": "team-keyword",
+    "team-keywords": "team-keyword",
+    "team-tag": "team-keyword",
+    "team-tags": "team-keyword",
     "list-team-packages": "list-team-packages",
     "which-teams": "which-teams",
     "help": "help",
@@ -73,8 +81,9 @@ class Command:
     arguments do not fit; the other fields are then meaningless. Values are
     as written: validating them is the command's job.
 
-    C{email} is None when omitted (the sender is meant). For C{keyword},
-    C{op} is None for a view and one of C{+ - =} for an edit.
+    C{email} is None when omitted (the sender is meant). For C{keyword}
+    and C{team-keyword}, C{op} is None for a view and one of C{+ - =} for
+    an edit. C{token} is the unsubscribe token of C{unsubscribe PKG TOKEN}.
     """
 
     name: str
@@ -84,6 +93,7 @@ class Command:
     key: str | None = None
     op: str | None = None
     keywords: tuple[str, ...] = ()
+    token: str | None = None
     usage: bool = False
 
 
@@ -146,6 +156,8 @@ def parse(line: str):
     args = tokens[1:]
     if name == "keyword":
         return _parse_keyword(args)
+    if name == "team-keyword":
+        return _parse_team_keyword(args)
     return _SIMPLE[name](args) or Command(name, usage=True)
 
 
@@ -159,6 +171,42 @@ def _package_email(name):
             return Command(name, package=args[0])
         if len(args) == 2:
             return Command(name, package=args[0], email=args[1])
+        return None
+
+    return parse
+
+
+def _unsubscribe(args):
+    """C{PKG}, C{PKG EMAIL}, or C{PKG TOKEN} (the List-Unsubscribe mailto)."""
+    if len(args) == 1:
+        return Command("unsubscribe", package=args[0])
+    if len(args) == 2:
+        if _is_email(args[1]):
+            return Command("unsubscribe", package=args[0], email=args[1])
+        return Command("unsubscribe", package=args[0], token=args[1])
+    return None
+
+
+def _slug_package_email(name):
+    """C{TEAM [PKG] [EMAIL]}: the token with an C{@} is the EMAIL."""
+    def parse(args):
+        if not args or len(args) > 3:
+            return None
+        slug, rest = args[0], args[1:]
+        emails = [t for t in rest if _is_email(t)]
+        packages = [t for t in rest if not _is_email(t)]
+        if len(emails) > 1 or len(packages) > 1 or (emails and rest[-1] != emails[0]):
+            return None
+        return Command(name, slug=slug, package=packages[0] if packages else None,
+                       email=emails[0] if emails else None)
+
+    return parse
+
+
+def _slug_and_email(name):
+    def parse(args):
+        if len(args) == 2:
+            return Command(name, slug=args[0], email=args[1])
         return None
 
     return parse
@@ -204,12 +252,16 @@ def _nothing(name):
 
 _SIMPLE = {
     "subscribe": _package_email("subscribe"),
-    "unsubscribe": _package_email("unsubscribe"),
+    "unsubscribe": _unsubscribe,
     "unsubscribeall": _email_only("unsubscribeall"),
     "which": _email_only("which"),
     "who": _one("who", "package"),
     "join-team": _slug_email("join-team"),
     "leave-team": _slug_email("leave-team"),
+    "add-team-member": _slug_and_email("add-team-member"),
+    "remove-team-member": _slug_and_email("remove-team-member"),
+    "mute-team": _slug_package_email("mute-team"),
+    "unmute-team": _slug_package_email("unmute-team"),
     "list-team-packages": _one("list-team-packages", "slug"),
     "which-teams": _email_only("which-teams"),
     "help": _nothing("help"),
@@ -217,7 +269,7 @@ _SIMPLE = {
 }
 
 
-def _parse_keyword(args) -> Command:
+def _parse_keyword(args, name: str = "keyword", slug: str | None = None) -> Command:
     """
     The four forms: C{[PKG] [EMAIL]} to view, then optionally an operator
     (a token of its own, or glued to the first keyword) and keywords split
@@ -234,12 +286,19 @@ def _parse_keyword(args) -> Command:
     elif len(head) == 2 and not _is_email(head[0]):
         package, email = head
     elif len(head) > 1:
-        return Command("keyword", usage=True)
+        return Command(name, usage=True)
     if op_at is None:
-        return Command("keyword", package=package, email=email)
+        return Command(name, package=package, email=email, slug=slug)
     op = args[op_at][0]
     rest = " ".join([args[op_at][1:], *args[op_at + 1:]])
     names = tuple(n.lower() for n in _KEYWORD_SPLIT.split(rest) if n)
     if not names:
-        return Command("keyword", usage=True)
-    return Command("keyword", package=package, email=email, op=op, keywords=names)
+        return Command(name, usage=True)
+    return Command(name, package=package, email=email, slug=slug, op=op, keywords=names)
+
+
+def _parse_team_keyword(args) -> Command:
+    """C{TEAM} first, then the forms of C{keyword}."""
+    if not args or args[0][0] in _OPS or _is_email(args[0]):
+        return Command("team-keyword", usage=True)
+    return _parse_keyword(args[1:], "team-keyword", args[0])

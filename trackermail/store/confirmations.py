@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.control.test_confirmations -*-
 """
-Confirmation keys of the control bot and the daily count of confirmation
-mails per address.
+Confirmation keys of the control bot (the daily counts of mails per
+address live in L{trackermail.store.budgets}).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import secrets
 
-from trackermail.store.sql import Exec, Row, Rows, Value
+from trackermail.store.budgets import count_unsolicited, purge_budgets
+from trackermail.store.sql import Exec, Row, Rows
 from trackermail.validation import normalize_email
 
 
@@ -47,23 +48,9 @@ def take_confirmation(key: str, now: float, expiry: float):
     return email, json.loads(commands)
 
 
-def count_confirmation_send(email: str, day: str, limit: int):
-    """
-    Count one confirmation mail to C{email} on C{day} if under C{limit};
-    fires with True when it may be sent.
-    """
-    key = normalize_email(email).lower()
-    sent = yield Value(
-        "SELECT sent FROM confirmation_sends WHERE email_lower = ? AND day = ?", (key, day)
-    )
-    if (sent or 0) >= limit:
-        return False
-    yield Exec(
-        "INSERT INTO confirmation_sends (email_lower, day, sent) VALUES (?, ?, 1) "
-        "ON CONFLICT (email_lower, day) DO UPDATE SET sent = confirmation_sends.sent + 1",
-        (key, day),
-    )
-    return True
+#: The old name of L{count_unsolicited}: a CONFIRM mail is one of the mails
+#: an address gets without having asked for it.
+count_confirmation_send = count_unsolicited
 
 
 def purge_confirmations(now: float, expiry: float, today: str = ""):
@@ -73,7 +60,7 @@ def purge_confirmations(now: float, expiry: float, today: str = ""):
     """
     removed = yield Exec("DELETE FROM confirmations WHERE created <= ?", (now - expiry,))
     if today:
-        yield Exec("DELETE FROM confirmation_sends WHERE day < ?", (today,))
+        yield from purge_budgets(today)
     return removed
 
 

@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.store.test_store -*-
 """
-Subscriptions of addresses to packages, their keyword sets, and who gets
-a mail of a keyword about a package (direct subscribers and team members).
+Subscriptions of addresses to packages, their keyword sets, who gets a mail
+of a keyword about a package (direct subscribers and team members), and the
+unsubscribe tokens of subscriptions (see L{trackermail.signing}).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import secrets
+from typing import Iterable, NamedTuple, Sequence
 
 from trackermail.errors import UnknownPackage
 from trackermail.store.emails import email_id
@@ -16,8 +18,18 @@ from trackermail.store.keywords import (
     keyword_ids,
 )
 from trackermail.store.packages import ensure_package, package_id
+from trackermail.signing import (
+    InvalidToken,
+    parse_subscription_token,
+    subscription_token,
+    subscription_token_matches,
+)
 from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import normalize_email
+
+
+def _new_salt() -> str:
+    return secrets.token_urlsafe(9)
 
 
 def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
@@ -34,14 +46,17 @@ def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
     )
     if row is None:
         yield Exec(
-            "INSERT INTO subscriptions (email_id, package_id, active, created) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
-            (eid, pid, bool(active), now),
+            "INSERT INTO subscriptions (email_id, package_id, active, created, token_salt) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
+            (eid, pid, bool(active), now, _new_salt()),
         )
         return True
     if bool(row[1]) == bool(active):
         return False
-    yield Exec("UPDATE subscriptions SET active = ? WHERE id = ?", (bool(active), row[0]))
+    # Starting again is a new subscription: the links of its earlier life
+    # must not work for it.
+    yield Exec("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
+               (bool(active), _new_salt(), row[0]))
     return True
 
 
@@ -143,7 +158,7 @@ def set_subscription_keywords(email: str, package: str, op: str, names: Iterable
 # default set if edited, else the keywords marked default. :kw is the
 # keyword's id and :kwdefault its default flag.
 _DIRECT = """
-SELECT e.email, e.email_lower, e.id FROM subscriptions s
+SELECT e.email, e.email_lower, e.id, s.id, s.token_salt FROM subscriptions s
 JOIN emails e ON e.id = s.email_id
 WHERE s.package_id = ? AND s.active AND (
   (s.own_keywords AND EXISTS (SELECT 1 FROM subscription_keywords sk
@@ -182,13 +197,30 @@ ORDER BY t.slug
 """
 
 
-def fanout_recipients(package: str, keyword: str):
+class Binding(NamedTuple):
+    """What the unsubscribe token of a direct subscriber's copy is made of."""
+
+    subscription_id: int
+    email_lower: str
+    salt: str
+
+
+class Recipient(NamedTuple):
+    """One recipient of a fan-out; C{binding} is None for team copies."""
+
+    email: str
+    email_id: int
+    team: str | None
+    binding: Binding | None
+
+
+def fanout_targets(package: str, keyword: str):
     """
     Who gets mail of C{keyword} about C{package}, each address once: fires
-    with a list of C{(email, email_id, team_slug_or_None)} sorted by
-    address. Direct subscribers come first: an address reached both
-    directly and through a team gets the direct-subscriber copy (team
-    C{None}); team-only members get their first team by slug.
+    with a list of L{Recipient} sorted by address. Direct subscribers come
+    first: an address reached both directly and through a team gets the
+    direct-subscriber copy (team C{None}, with the binding of its
+    subscription); team-only members get their first team by slug.
     """
     pid = yield from package_id(package)
     if pid is None:
@@ -199,12 +231,20 @@ def fanout_recipients(package: str, keyword: str):
     kid, kdefault = krow[0], bool(krow[1])
     direct_rows = yield Rows(_DIRECT, (pid, kid, kid, kdefault))
     team_rows = yield Rows(_TEAM, (pid, kid, kid, kid, kdefault))
-    chosen: dict[str, tuple] = {}
-    for email, lower, eid in direct_rows:
-        chosen.setdefault(lower, (email, eid, None))
+    chosen: dict[str, Recipient] = {}
+    for email, lower, eid, sid, salt in direct_rows:
+        chosen.setdefault(lower, Recipient(email, eid, None, Binding(sid, lower, salt or "")))
     for email, lower, eid, slug in team_rows:
-        chosen.setdefault(lower, (email, eid, slug))
+        chosen.setdefault(lower, Recipient(email, eid, slug, None))
     return [chosen[k] for k in sorted(chosen)]
+
+
+def fanout_recipients(package: str, keyword: str):
+    """
+    L{fanout_targets} as C{(email, email_id, team_slug_or_None)} tuples.
+    """
+    rows = yield from fanout_targets(package, keyword)
+    return [(r.email, r.email_id, r.team) for r in rows]
 
 
 def recipients_for(package: str, keyword: str):
@@ -245,3 +285,66 @@ def dump_subscribers(packages: Sequence[str] = ()):
     for name, email in rows:
         result.setdefault(name, []).append(email)
     return result
+
+
+# -- Unsubscribe tokens ------------------------------------------------------
+
+
+def _token_subscription(secret: str, token: str, package: str | None):
+    """
+    C{(id, email, package)} of the active subscription C{token} was made
+    for, or None: a malformed or altered token, one for another package
+    than C{package} (when given), or for a subscription that has ended.
+    """
+    try:
+        sid, mac = parse_subscription_token(token)
+    except InvalidToken:
+        return None
+    row = yield Row(
+        "SELECT e.email, e.email_lower, p.name, s.token_salt FROM subscriptions s "
+        "JOIN emails e ON e.id = s.email_id JOIN packages p ON p.id = s.package_id "
+        "WHERE s.id = ? AND s.active",
+        (sid,),
+    )
+    if row is None:
+        return None
+    email, lower, name, salt = row
+    if package is not None and package != name:
+        return None
+    if not subscription_token_matches(secret, mac, sid, name, lower, salt or ""):
+        return None
+    return sid, email, name
+
+
+def token_subscription(secret: str, token: str):
+    """C{(email, package)} of the subscription a token is good for, or None."""
+    found = yield from _token_subscription(secret, token, None)
+    return None if found is None else found[1:]
+
+
+def unsubscribe_by_token(secret: str, token: str, package: str | None = None):
+    """
+    End the subscription C{token} was made for (and, when C{package} is
+    given, only if it is for that package); fires with C{(email, package)},
+    or None when the token is good for no current subscription.
+    """
+    found = yield from _token_subscription(secret, token, package)
+    if found is None:
+        return None
+    sid, email, name = found
+    yield Exec("DELETE FROM subscriptions WHERE id = ?", (sid,))
+    return email, name
+
+
+def unsubscribe_token(secret: str, email: str, package: str):
+    """The current unsubscribe token of C{email}'s subscription to C{package}, or None."""
+    row = yield Row(
+        "SELECT s.id, e.email_lower, s.token_salt FROM subscriptions s "
+        "JOIN emails e ON e.id = s.email_id JOIN packages p ON p.id = s.package_id "
+        "WHERE e.email_lower = ? AND p.name = ? AND s.active",
+        (normalize_email(email).lower(), package),
+    )
+    if row is None:
+        return None
+    sid, lower, salt = row
+    return subscription_token(secret, sid, package, lower, salt or "")

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from trackermail.errors import AlreadyExists, UnknownEmail, UnknownPackage, UnknownTeam
 from trackermail.store.emails import email_id
-from trackermail.store.keywords import keyword_ids
+from trackermail.store.keywords import apply_keyword_op, default_keywords_of, keyword_ids
 from trackermail.store.packages import package_id
 from trackermail.store.sql import Exec, Many, Row, Rows, Value
 from trackermail.validation import check_slug, normalize_email
@@ -215,6 +215,43 @@ def mute_all_memberships(email: str):
     return [r[0] for r in rows]
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A membership as its member sees it: muted, and the packages muted in it."""
+
+    muted: bool
+    muted_packages: tuple[str, ...]
+
+
+def _membership_id(slug: str, email: str):
+    """C{(membership id, email id)}; L{UnknownEmail} when not a member."""
+    tid = yield from team_id(slug)
+    eid = yield from email_id(email, create=False)
+    mid = None
+    if eid is not None:
+        mid = yield Value(
+            "SELECT id FROM memberships WHERE team_id = ? AND email_id = ?", (tid, eid)
+        )
+    if mid is None:
+        raise UnknownEmail(f"{email} is not a member of {slug}")
+    return mid, eid
+
+
+def membership(slug: str, email: str):
+    """The L{Membership} of C{email} in team C{slug}, or None when not a member."""
+    try:
+        mid, _ = yield from _membership_id(slug, email)
+    except UnknownEmail:
+        return None
+    muted = yield Value("SELECT muted FROM memberships WHERE id = ?", (mid,))
+    rows = yield Rows(
+        "SELECT p.name FROM membership_packages mp JOIN packages p ON p.id = mp.package_id "
+        "WHERE mp.membership_id = ? AND mp.muted ORDER BY p.name",
+        (mid,),
+    )
+    return Membership(bool(muted), tuple(r[0] for r in rows))
+
+
 # ---------------------------------------------------------------------------
 # Listing, removal and keyword reading (the admin CLI).
 
@@ -315,8 +352,6 @@ def membership_keywords(slug: str, email: str, package: str | None = None):
     the per-package set if edited, else the membership's own set, else the
     address's defaults.
     """
-    from trackermail.store.keywords import default_keywords_of
-
     tid = yield from team_id(slug)
     eid = yield from email_id(email, create=False)
     row = yield Row(
@@ -345,3 +380,12 @@ def membership_keywords(slug: str, email: str, package: str | None = None):
             "WHERE mk.membership_id = ?", (mid,))
         return frozenset(r[0] for r in rows)
     return (yield from default_keywords_of(eid))
+
+
+def change_membership_keywords(slug: str, email: str, op: str, names: Iterable[str],
+                               package: str | None = None):
+    """Apply C{op} (C{+ - =}) to a membership's keywords; fires with the new set."""
+    current = yield from membership_keywords(slug, email, package)
+    new = apply_keyword_op(current, op, names)
+    yield from set_membership_keywords(slug, email, new, package)
+    return new
