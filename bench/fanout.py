@@ -184,7 +184,7 @@ async def row_pool(ctx: RowContext) -> RowResult:
     results = await defer.gatherResults(sends)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     await pool.close()
-    ok = sum(1 for r in results for code, _ in r.values() if code == 250)
+    ok = sum(1 for r in results for code, *_ in r.values() if code == 250)
     return RowResult(f"SMTPPool, {ctx.connections} connections", ctx.deliveries, ok,
                      seconds, cpu)
 

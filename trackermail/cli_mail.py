@@ -7,6 +7,7 @@ reading bounces.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -22,7 +23,7 @@ from trackermail.cli_support import (
     run_with_store,
 )
 from trackermail.config import Config
-from trackermail.store.outbox import outbox_summary
+from trackermail.cli_outbox import print_outbox_status, requeue_outbox
 
 
 def cmd_process(args, config):
@@ -131,15 +132,23 @@ def cmd_status(args, config):
               f"{format_age(now, next_try)}: {state.get('reason', '')}".rstrip(": "))
 
     async def body(store):
-        summary = await store.run(outbox_summary, now)
-        print(f"outbox queued {summary.queued}, sending {summary.sending}, "
-              f"sent {summary.sent}, failed {summary.failed}, "
-              f"oldest due {format_age(summary.oldest_due, now)}")
+        await print_outbox_status(store, now)
 
     return run_with_store(config, body)
 
 
 def cmd_requeue(args, config):
+    # FILE... takes what follows the first one as it is (argparse would not
+    # take `outbox --failed 12` otherwise): options written there are read here.
+    for option in [f for f in args.files if f.startswith("-")]:
+        if option != "--failed":
+            raise CommandError(f"requeue: unknown option {option}")
+        args.failed = True
+    args.files = [f for f in args.files if not f.startswith("-")]
+    if args.where == "outbox":
+        return requeue_outbox(args, config)
+    if args.failed:
+        raise CommandError("requeue: --failed is for the outbox (requeue outbox --failed)")
     from trackermail.ingress.spool import Spool
 
     spool = Spool(config.spool.path, fsync=config.spool.fsync)
@@ -175,9 +184,13 @@ def register(add) -> None:
     # A broken configuration is ours to fix: the MTA keeps the mail meanwhile.
     p.set_defaults(config_error_status=EX_TEMPFAIL)
     add("status", cmd_status, "show spool and outbox counts, ages and retries")
-    p = add("requeue", cmd_requeue, "move failed/ or broken/ messages back to new/")
-    p.add_argument("where", choices=["failed", "broken"])
-    p.add_argument("files", nargs="*", metavar="FILE")
+    p = add("requeue", cmd_requeue, "move failed/ or broken/ messages back to new/; "
+            "outbox: make deferred deliveries due now (--failed: failed ones too)")
+    p.add_argument("where", choices=["failed", "broken", "outbox"])
+    p.add_argument("files", nargs=argparse.REMAINDER, metavar="FILE",
+                   help="spool file names, or delivery ids for the outbox")
+    p.add_argument("--failed", action="store_true",
+                   help="outbox: also put failed deliveries back in the queue")
     p = add("analyze-bounce", cmd_analyze_bounce,
             "analyze mail files as bounces: one JSON line per file")
     p.add_argument("files", nargs="+", metavar="FILE")

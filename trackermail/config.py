@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import os
 import secrets
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
@@ -30,6 +31,9 @@ class TrackerSection:
     # Where bounce notices are copied and what `help` tells people to write to.
     contact: str = ""
     dev: bool = False
+    # This node's name among nodes sharing a database; it must stay the same
+    # across restarts (see Config.node).
+    node: str = ""
 
     @property
     def contact_address(self) -> str:
@@ -76,6 +80,9 @@ class OutboundSection:
     retry_max: int = 3600
     give_up_days: float = 5.0
     idle_timeout: int = 60
+    # Seconds a node holds a claimed delivery without renewing it; another
+    # node takes a dead node's deliveries over when it runs out.
+    lease: float = 30.0
     enabled: bool = True
 
     @property
@@ -144,6 +151,15 @@ class Config:
     @property
     def fqdn(self) -> str:
         return self.tracker.fqdn
+
+    @property
+    def node(self) -> str:
+        """
+        C{[tracker] node}, by default the host name and the spool's absolute
+        path (C{host:/var/spool/trackermail}): stable across restarts, and
+        different for every tracker on a host.
+        """
+        return self.tracker.node or f"{socket.gethostname()}:{os.path.abspath(self.spool.path)}"
 
     def replace(self, **overrides: Mapping[str, Any]) -> "Config":
         """
@@ -233,6 +249,8 @@ def _check(config: Config, require_fqdn: bool) -> None:
         )
     if config.outbound.connections < 1:
         raise ConfigError("[outbound] connections: must be at least 1")
+    if config.outbound.lease < 1:
+        raise ConfigError("[outbound] lease: must be at least 1 (seconds)")
     if config.spool.concurrency < 1:
         raise ConfigError("[spool] concurrency: must be at least 1")
     if bool(config.smtp.tls_certificate) != bool(config.smtp.tls_key):

@@ -21,6 +21,11 @@ Series (all prefixed C{trackermail_}):
     commit of a message.
   - C{deliveries_total{result}}: outbox results, C{sent}, C{retried},
     C{failed}.
+  - C{smarthost_refusing}: 1 while the smarthost refuses our mail (the
+    session cannot be set up, MAIL FROM or relaying refused, the same RCPT
+    refusal across domains), else 0; C{smarthost_refusals_total{reason}}:
+    deliveries deferred because of it (C{connect}, C{mail}, C{relay},
+    C{pattern}).
   - C{bounces_counted_total}, C{confirmations_sent_total},
     C{unsubscribed_by_bounce_total}, C{unsubscribed_by_link_total}.
   - C{bounces_total{reason,kind,outcome}}: bounces with a reason (DSNs to
@@ -47,6 +52,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     GCCollector,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -61,6 +67,8 @@ __all__ = [
     "processed",
     "processing_failed",
     "deliveries",
+    "smarthost_refusing",
+    "smarthost_refusal",
     "bounce_counted",
     "bounce_handled",
     "bounce_results",
@@ -130,6 +138,19 @@ _unsub_link = Counter(
     registry=REGISTRY,
 )
 
+_refusing = Gauge(
+    "trackermail_smarthost_refusing",
+    "1 while the smarthost refuses our mail (deliveries are deferred), else 0.",
+    registry=REGISTRY,
+)
+_smarthost_refusals = Counter(
+    "trackermail_smarthost_refusals",
+    "Deliveries deferred because the smarthost refused them, by reason.",
+    ["reason"], registry=REGISTRY,
+)
+
+for _reason in ("connect", "mail", "relay", "pattern"):
+    _smarthost_refusals.labels(reason=_reason)
 for _result in ("sent", "retried", "failed"):
     _deliveries.labels(result=_result)
 for _kind in ("temporary", "permanent"):
@@ -176,6 +197,15 @@ def deliveries(sent: int = 0, retried: int = 0, failed: int = 0) -> None:
     for result, n in (("sent", sent), ("retried", retried), ("failed", failed)):
         if n > 0:
             _deliveries.labels(result=result).inc(n)
+
+
+def smarthost_refusing(refusing: bool) -> None:
+    _refusing.set(1 if refusing else 0)
+
+
+def smarthost_refusal(reason: str, n: int = 1) -> None:
+    if n > 0:
+        _smarthost_refusals.labels(reason=reason).inc(n)
 
 
 def bounce_counted(n: int = 1) -> None:

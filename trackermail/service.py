@@ -320,11 +320,11 @@ def _outbound(top, config: Config, store_service: StoreService, reactor) -> None
     _PoolCloser(pool).setServiceParent(top)
     out = config.outbound
     sender = OutboxSender(
-        store_service.store, pool, reactor,
+        store_service.store, pool, reactor, node=config.node, lease=out.lease,
         batch_size=out.batch_size, retry_initial=out.retry_initial,
         retry_max=out.retry_max, give_up_days=out.give_up_days,
         on_permanent_failure=permanent_failure(top.processor.context),
-        ready=store_service.when_ready,
+        ready=store_service.when_ready, peer=out.smarthost,
     )
     sender.setServiceParent(top)
 

@@ -322,6 +322,7 @@ class SenderMetricsTests(SynchronousTestCase):
                               on_permanent_failure=permanent_failure(processor.context))
         sender.startService()
         self.addCleanup(sender.stopService)
+        clock.advance(10)  # a 5xx at RCPT is held briefly (is the smarthost refusing?)
         self.assertEqual(delta("trackermail_refusals_by_domain_total",
                                domain="refusing.example", reason="blocked"), 1)
         self.assertEqual(delta("trackermail_bounces_total", reason="blocked", kind="hard",

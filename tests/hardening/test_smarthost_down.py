@@ -1,11 +1,16 @@
 """
-The smarthost is down for 10 minutes (of L{task.Clock} time).
+The smarthost is down for 10 minutes (of L{task.Clock} time), or refuses
+our mail for days.
 
 The outbox sender keeps every delivery queued and retries it with backoff;
 once the smarthost is back each delivery goes out exactly once. Two ways:
 an in-memory transport scripted by the clock (refusals as 421 replies and as
 failed Deferreds), and the real L{SMTPPool} against a loopback SMTP sink
 whose port is closed, then answers 421 at the greeting, then works.
+
+A smarthost that is up but refuses us ("554 5.7.1 Relay access denied" at
+MAIL FROM, or the same refusal at RCPT for every domain) is not the
+recipients' fault: four days of it count no bounce and unsubscribe nobody.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.outbound import MemoryOutboundTransport, SinkFactory
 from tests.support.stores import make_memory_store
+from trackermail.outbound.interface import CONNECT, Reply
 from trackermail.outbound.pool import SMTPPool
 from trackermail.outbound.sender import OutboxSender
 from trackermail.store import outbox
@@ -56,8 +62,8 @@ class DownUntil(MemoryOutboundTransport):
                 self.refused[r] += 1
             if self._calls % 2:
                 return defer.succeed(
-                    {r: (421, "4.4.1 cannot connect to smarthost: Connection refused")
-                     for r in recipients})
+                    {r: Reply(421, "4.4.1 cannot connect to smarthost: Connection refused",
+                              CONNECT) for r in recipients})
             return defer.fail(ConnectionRefusedError("smarthost"))
         return super().send(mail_from, recipients, data)
 
@@ -235,3 +241,97 @@ class RealPoolSmarthostTests(TestCase):
         self.assertTrue(all(r[3] >= 3 for r in rows), rows)
         await pool.close()
         await sink.wait_closed()
+
+
+class RefusingSmarthostTests(TestCase):
+    """
+    The real pool and the real bounce policy against a sink that refuses
+    us: for four days of clock time nothing is counted against the
+    subscribers; once the smarthost is fixed, every copy goes out once.
+    """
+
+    timeout = 120
+
+    async def refused_for_days(self, refuse, unrefuse):
+        import datetime
+
+        from tests.support.pipeline import FQDN, make_pipeline
+        from trackermail import metrics
+        from trackermail.bounces import verp
+        from trackermail.bounces.policy import permanent_failure
+        from trackermail.store.bounce_stats import bounce_stats
+        from trackermail.store.subscriptions import is_subscribed, subscribe
+
+        processor, store, _ = make_pipeline(self)
+        clock = task.Clock()
+        clock.advance(T0)
+        secret = processor.config.tracker.secret_key
+        today = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc).date()
+        rcpts = [f"user{i}@d{i % 4}.example" for i in range(8)]
+        for r in rcpts:
+            store.run(subscribe, r, "dpkg")
+        self.successResultOf(store.run(outbox.enqueue, BODY, [
+            (r, verp.encode(r, today, secret, FQDN)) for r in rcpts], T0))
+        sink = SinkFactory()
+        refuse(sink, rcpts)
+        port = reactor.listenTCP(0, sink, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        where = {"port": port.getHost().port}
+        pool = SMTPPool(clock, "127.0.0.1", where["port"], connections=2,
+                        helo="tracker.example.org", endpoint=_Endpoint(where))
+        bounces = metrics.REGISTRY.get_sample_value("trackermail_bounces_counted_total") or 0
+        sender = OutboxSender(store, pool, clock, node="n1", retry_initial=60,
+                              retry_max=3600, give_up_days=5,
+                              on_permanent_failure=permanent_failure(processor.context))
+        sender.startService()
+        self.addCleanup(pool.close)
+        self.addCleanup(sender.stopService)
+
+        async def run_until(t):
+            while clock.seconds() < t:
+                clock.advance(600)
+                await settle(sender, pool)
+
+        await run_until(T0 + 4 * 86400)
+        rows = await store.run(outbox.delivery_rows)
+        self.assertEqual({r[2] for r in rows}, {"queued"})
+        self.assertTrue(all(r[3] > 50 for r in rows), "retried all along")
+        self.assertEqual(sink.messages, [])
+        self.assertIsNotNone(sender.watch.refusing)
+        self.assertEqual(metrics.REGISTRY.get_sample_value("trackermail_smarthost_refusing"), 1)
+        for r in rcpts:
+            self.assertTrue(await store.run(is_subscribed, r, "dpkg"), r)
+            self.assertEqual([s.bounced for s in await store.run(bounce_stats, r)], [])
+        self.assertEqual(
+            (metrics.REGISTRY.get_sample_value("trackermail_bounces_counted_total") or 0)
+            - bounces, 0)
+
+        unrefuse(sink)
+        await run_until(T0 + 4 * 86400 + 3600)
+        got = collections.Counter(r for m in sink.messages for r in m.recipients)
+        self.assertEqual(sorted(got), sorted(rcpts))
+        self.assertEqual(set(got.values()), {1})
+        self.assertIsNone(sender.watch.refusing)
+        await pool.close()
+        await sink.wait_closed()
+
+    async def test_relay_access_denied_at_mail(self):
+        """'554 5.7.1 Relay access denied' to MAIL FROM for four days counts no bounce."""
+        def refuse(sink, rcpts):
+            sink.mail_reply = (554, "5.7.1 <bounces@tracker.example.org>: Relay access denied")
+
+        def unrefuse(sink):
+            sink.mail_reply = None
+
+        await self.refused_for_days(refuse, unrefuse)
+
+    async def test_same_refusal_for_every_domain(self):
+        """The same RCPT refusal for recipients of every domain is the smarthost's doing: no bounce."""
+        def refuse(sink, rcpts):
+            for r in rcpts:
+                sink.replies[r] = (550, f"5.7.1 <{r}>: Recipient address rejected: Access denied")
+
+        def unrefuse(sink):
+            sink.replies.clear()
+
+        await self.refused_for_days(refuse, unrefuse)

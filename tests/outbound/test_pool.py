@@ -24,13 +24,22 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from tests.outbound.test_client import body_with_dot_at, ehlo_reply, normalise
+from tests.outbound.test_connection import ehlo_reply
+from tests.outbound.test_wire import body_with_dot_at, normalise
 from tests.support.net import unused_port
 from tests.support.outbound import MemoryOutboundTransport, SinkFactory
 from tests.support.tlsca import TestCA
 from trackermail.config import OutboundSection
 from trackermail.errors import ConfigError
-from trackermail.outbound.interface import IOutboundTransport
+from trackermail.outbound.interface import (
+    CONNECT,
+    DATA,
+    LOCAL,
+    MAIL,
+    RCPT,
+    IOutboundTransport,
+    Reply,
+)
 from trackermail.outbound.pool import SMTPPool, pool_from_config
 
 
@@ -97,7 +106,7 @@ class PoolTests(SynchronousTestCase):
         proto, transport = self.endpoint.accept()
         self.assertTrue(take(transport).endswith(b"MAIL FROM:<s@t.example>\r\nRCPT TO:<a@x>\r\nDATA\r\n"))
         proto.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "2.0.0 queued")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "2.0.0 queued", DATA)})
 
     def test_idle_connection_is_reused(self):
         """A later send goes to the idle connection without opening another."""
@@ -110,7 +119,7 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.attempts), 1)
         self.assertEqual(take(transport), b"MAIL FROM:<s2@t.example>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
         proto.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(d), {"b@x": (250, "done")})
+        self.assertEqual(self.successResultOf(d), {"b@x": Reply(250, "done", DATA)})
 
     def test_work_spread_over_connections(self):
         """Queued sends are taken by every connection that becomes ready."""
@@ -133,8 +142,8 @@ class PoolTests(SynchronousTestCase):
             self.assertNoResult(d1)
             self.endpoint.refuse(1)
         for result in (self.successResultOf(d1), self.successResultOf(d2)):
-            for code, text in result.values():
-                self.assertEqual(code, 421)
+            for code, text, stage in result.values():
+                self.assertEqual((code, stage), (421, CONNECT))
                 self.assertTrue(text.startswith("4.4.1 cannot connect to mx.example:25"))
         self.assertTrue(any(e["log_level"] == LogLevel.warn for e in events))
         self.assertEqual(pool.queued, 0)
@@ -168,8 +177,8 @@ class PoolTests(SynchronousTestCase):
         self.assertNoResult(d2)
         proto.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n")
         proto.dataReceived(b"250 done\r\n250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(d1), {"a@x": (250, "done")})
-        self.assertEqual(self.successResultOf(d2), {"b@x": (250, "done")})
+        self.assertEqual(self.successResultOf(d1), {"a@x": Reply(250, "done", DATA)})
+        self.assertEqual(self.successResultOf(d2), {"b@x": Reply(250, "done", DATA)})
 
     def test_setup_failure_fails_queue(self):
         """A connection that cannot be set up (421 greeting) fails the queue with its reason."""
@@ -181,8 +190,8 @@ class PoolTests(SynchronousTestCase):
         attempt.callback(proto)
         proto.dataReceived(b"421 4.7.0 too many connections\r\n")
         proto.connectionLost(Failure(ConnectionDone()))
-        code, text = self.successResultOf(d)["a@x"]
-        self.assertEqual(code, 421)
+        code, text, stage = self.successResultOf(d)["a@x"]
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertIn("too many connections", text)
         self.assertEqual(pool.open_connections, 0)
 
@@ -197,7 +206,7 @@ class PoolTests(SynchronousTestCase):
         proto2, transport2 = self.endpoint.accept()
         self.assertIn(b"MAIL FROM:<s@t.example>", take(transport2))
         proto2.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "done")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "done", DATA)})
 
     def test_idle_timeout_closes_and_reopens(self):
         """An idle connection closes after idle_timeout; the next send opens a new one."""
@@ -241,7 +250,7 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(queued)["b@x"][0], 421)
         self.assertNoResult(closed)
         proto.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(running), {"a@x": (250, "done")})
+        self.assertEqual(self.successResultOf(running), {"a@x": Reply(250, "done", DATA)})
         self.assertTrue(take(transport).endswith(b"QUIT\r\n"))
         proto.dataReceived(b"221 bye\r\n")
         self.assertNoResult(closed)
@@ -283,28 +292,6 @@ class PoolTests(SynchronousTestCase):
         open(empty, "w").close()
         e = self.assertRaises(ConfigError, self.pool, starttls="required", ca_file=empty)
         self.assertIn("no PEM certificate", str(e))
-
-
-class MemoryOutboundTransportTests(SynchronousTestCase):
-    def test_scripted_results(self):
-        """The fake records sends and answers 250 unless scripted otherwise."""
-        t = MemoryOutboundTransport()
-        t.script("b@x", (550, "5.1.1 no"))
-        t.script_all((421, "4.4.2 down"))
-        first = self.successResultOf(t.send("s", ["a@x"], b"m"))
-        second = self.successResultOf(t.send("s", ["a@x", "b@x"], b"m"))
-        self.assertEqual(first, {"a@x": (421, "4.4.2 down")})
-        self.assertEqual(second["b@x"], (550, "5.1.1 no"))
-        self.assertEqual(second["a@x"][0], 250)
-        self.assertEqual(t.delivered, [("s", "a@x")])
-
-    def test_hold(self):
-        """With hold=True sends stay pending until release()."""
-        t = MemoryOutboundTransport(hold=True)
-        d = t.send("s", ["a@x"], b"m")
-        self.assertNoResult(d)
-        self.assertEqual(t.release(), 1)
-        self.successResultOf(d)
 
 
 # -- real loopback servers ---------------------------------------------------
@@ -359,7 +346,7 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
         results = await defer.gatherResults([
             pool.send(f"s{i}@t.example", ["a@x.example", "b@x.example"], b"x\n")
             for i in range(20)])
-        self.assertEqual({code for r in results for code, _ in r.values()}, {250})
+        self.assertEqual({code for r in results for code, _, _ in r.values()}, {250})
         self.assertEqual(sink.count, 20)
 
     async def test_rejections_then_success(self):
@@ -376,8 +363,8 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
             r3 = pool.send("s@t.example", ["gone@x.example", "a@x.example"], b"x\n")
             r4 = pool.send("s@t.example", ["a@x.example"], b"x\n")
             r1, r2, r3, r4 = await defer.gatherResults([r1, r2, r3, r4])
-            self.assertEqual(r1, {"a@x.example": (550, "5.7.1 sender refused")})
-            self.assertEqual(r2, {"gone@x.example": (550, "5.1.1 unknown user")})
+            self.assertEqual(r1, {"a@x.example": Reply(550, "5.7.1 sender refused", MAIL)})
+            self.assertEqual(r2, {"gone@x.example": Reply(550, "5.1.1 unknown user", RCPT)})
             self.assertEqual(r3["gone@x.example"][0], 550)
             self.assertEqual(r3["a@x.example"][0], 250)
             self.assertEqual(r4["a@x.example"][0], 250)
@@ -409,7 +396,7 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
         pool = self.make_pool(await self.listen(sink))
         big = await pool.send("s@t.example", ["a@x.example"], b"x" * 2000)
         small = await pool.send("s@t.example", ["a@x.example"], b"\xe9" * 100)
-        self.assertEqual(big["a@x.example"][0], 552)
+        self.assertEqual(big["a@x.example"][::2], (552, LOCAL))
         self.assertEqual(small["a@x.example"][0], 250)
         self.assertEqual(sink.messages[0].mail_params, ["SIZE=102", "BODY=8BITMIME"])
         self.assertEqual(sink.count, 1)
@@ -418,7 +405,7 @@ class TwistedSinkTests(LoopbackMixin, TestCase):
         """Sends to a port nobody listens on get 421 4.4.1."""
         pool = self.make_pool(unused_port())
         result = await pool.send("s@t.example", ["a@x.example"], b"x\n")
-        self.assertEqual(result["a@x.example"][0], 421)
+        self.assertEqual(result["a@x.example"][::2], (421, CONNECT))
         self.assertTrue(result["a@x.example"][1].startswith("4.4.1"))
 
     async def test_server_closes_idle_session(self):
@@ -468,8 +455,8 @@ class TLSTests(LoopbackMixin, TestCase):
                               ca_file=self.ca_file)
         with capturedLogs() as events:
             result = await pool.send("s@t.example", ["a@x.example", "b@x.example"], b"hi\n")
-        for code, text in result.values():
-            self.assertEqual(code, 421)
+        for code, text, stage in result.values():
+            self.assertEqual((code, stage), (421, CONNECT))
             self.assertTrue(text.startswith("4.7.0 TLS with wrong.example:"), text)
         self.assertTrue(any(e["log_level"] == LogLevel.error for e in events))
         self.assertEqual(sink.count, 0)
@@ -538,7 +525,7 @@ class PostfixSmtpSinkTests(LoopbackMixin, TestCase):
                  for i in range(299)]
         sends.append(pool.send("dots@t.example", ["a@x.example", "b@x.example"], special))
         results = await defer.gatherResults(sends)
-        self.assertEqual({code for r in results for code, _ in r.values()}, {250})
+        self.assertEqual({code for r in results for code, _, _ in r.values()}, {250})
         await pool.close()
         dumped = []
         for name in glob.glob(dump + "/*"):

@@ -2,14 +2,17 @@
 An in-memory L{IOutboundTransport} for tests of code that sends mail.
 
     transport = MemoryOutboundTransport()
-    transport.script("bob@example.org", (550, "5.1.1 no such user"))
-    transport.script_all((421, "4.4.2 smarthost down"), times=1)
+    transport.script("bob@example.org", (550, "5.1.1 no such user"))   # at RCPT
+    transport.script_all((421, "4.4.2 smarthost down"), times=1)     # session setup
+    transport.refuse_sender("bounces+x@t.example", (553, "5.7.1 no"))  # at MAIL
+    transport.data_reply = Reply(554, "5.7.1 content rejected", DATA)
     ...
-    transport.sent  # [SentMessage(mail_from, recipients, data, results), ...]
+    transport.sent  # [SentMessage(mail_from, recipients, data, results, parts), ...]
 
-By default every recipient gets 250. With C{hold=True} sends stay pending
-until L{MemoryOutboundTransport.release} is called (to test what happens
-while a send is in flight).
+By default every recipient gets 250 at the end of DATA. With C{hold=True}
+sends stay pending until L{MemoryOutboundTransport.release} is called (to
+test what happens while a send is in flight). It passes the same contract
+tests as the real pool (C{tests.outbound.test_contract}).
 """
 
 from __future__ import annotations
@@ -23,9 +26,25 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from trackermail.outbound.interface import IOutboundTransport
+from trackermail.outbound.interface import (
+    CONNECT,
+    DATA,
+    LOCAL,
+    MAIL,
+    RCPT,
+    IOutboundTransport,
+    Reply,
+)
 
-OK = (250, "2.0.0 Ok: queued")
+OK = Reply(250, "2.0.0 Ok: queued", DATA)
+
+
+def as_reply(result, stage: str) -> Reply:
+    """A L{Reply}, or a (code, text) pair taken as a reply at C{stage}."""
+    if isinstance(result, Reply):
+        return result
+    code, text = result
+    return Reply(code, text, stage)
 
 
 @dataclass
@@ -33,7 +52,8 @@ class SentMessage:
     mail_from: str
     recipients: list[str]
     data: bytes
-    results: dict[str, tuple[int, str]] = field(default_factory=dict)
+    results: dict[str, Reply] = field(default_factory=dict)
+    parts: tuple = ()
 
 
 @implementer(IOutboundTransport)
@@ -46,39 +66,59 @@ class MemoryOutboundTransport:
         self.sent: list[SentMessage] = []
         self.closed = False
         self.hold = hold
+        self.data_reply: Reply = OK
         self._per_recipient: dict[str, deque] = {}
+        self._senders: dict[str, Reply] = {}
         self._all: deque = deque()
         self._pending: list[tuple[Deferred, dict]] = []
 
-    def script(self, recipient: str, *results: tuple[int, str]) -> None:
+    def script(self, recipient: str, *results) -> None:
         """
         The next sends to C{recipient} get these results, one per send, in
-        order; after that it gets the default again.
+        order; after that it gets the default again. A (code, text) pair is
+        the reply to RCPT TO (or, for a 2xx, the end-of-data reply).
         """
-        self._per_recipient.setdefault(recipient.lower(), deque()).extend(results)
+        self._per_recipient.setdefault(recipient.lower(), deque()).extend(
+            as_reply(r, DATA if 200 <= r[0] < 300 else RCPT) for r in results)
 
-    def script_all(self, result: tuple[int, str], times: int = 1) -> None:
+    def script_all(self, result, times: int = 1, stage: str = CONNECT) -> None:
         """
-        The next C{times} sends give C{result} to every recipient (like a
-        connection failure or a rejected MAIL FROM).
+        The next C{times} sends give C{result} to every recipient (by
+        default like a session that could not be set up).
         """
-        self._all.extend([result] * times)
+        self._all.extend([as_reply(result, stage)] * times)
 
-    def _result_for(self, recipient: str, whole: Optional[tuple[int, str]]) -> tuple[int, str]:
+    def refuse_sender(self, mail_from: str, result) -> None:
+        """Every send from C{mail_from} gets C{result} at MAIL FROM."""
+        self._senders[mail_from.lower()] = as_reply(result, MAIL)
+
+    def _result_for(self, recipient: str) -> Reply:
         queue = self._per_recipient.get(recipient.lower())
         if queue:
             return queue.popleft()
-        return whole or OK
+        return self.data_reply
 
-    def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> Deferred:
+    def send(self, mail_from: str, recipients: Sequence[str], data) -> Deferred:
         recipients = list(dict.fromkeys(recipients))
         whole = self._all.popleft() if self._all else None
         if self.closed:
-            whole = (421, "4.3.2 transport closed")
-        results = {r: self._result_for(r, whole) for r in recipients}
-        if not isinstance(data, (bytes, bytearray)):
-            data = b"".join(data)  # (prefix, body) parts
-        self.sent.append(SentMessage(mail_from, recipients, bytes(data), results))
+            whole = Reply(421, "4.3.2 transport closed", LOCAL)
+        if whole is None:
+            whole = self._senders.get(mail_from.lower())
+        if whole is not None:
+            results = {r: whole for r in recipients}
+        else:
+            results = {}
+            for r in recipients:
+                result = self._result_for(r)
+                if result.stage == DATA and result.code < 300:
+                    result = self.data_reply if self.data_reply.code >= 300 else result
+                results[r] = result
+        if isinstance(data, (bytes, bytearray)):
+            parts = (bytes(data),)
+        else:
+            parts = tuple(bytes(p) for p in data)  # header prefix, then body chunks
+        self.sent.append(SentMessage(mail_from, recipients, b"".join(parts), results, parts))
         if self.hold:
             d: Deferred = Deferred()
             self._pending.append((d, results))
@@ -107,7 +147,7 @@ class MemoryOutboundTransport:
         return [
             (m.mail_from, r)
             for m in self.sent
-            for r, (code, _) in m.results.items()
+            for r, (code, _, _) in m.results.items()
             if 200 <= code < 300
         ]
 
@@ -131,6 +171,7 @@ class SinkFactory(Factory):
     sink that handles pipelined input, for loopback tests and the bench.
 
     @ivar replies: address -> (code, text) for MAIL FROM / RCPT TO.
+    @ivar mail_reply: (code, text) for any other MAIL FROM (None: accept).
     @ivar data_reply: the end-of-data reply.
     """
 
@@ -144,6 +185,8 @@ class SinkFactory(Factory):
         self.keep = keep
         self.auth = auth
         self.replies: dict[str, tuple[int, str]] = {}
+        # The reply to every MAIL FROM not in replies (None: accept).
+        self.mail_reply: Optional[tuple[int, str]] = None
         self.data_reply = (250, "2.0.0 Ok: queued")
         self.messages: list[ReceivedMessage] = []
         self.count = 0
@@ -272,7 +315,7 @@ class SinkServer(Protocol):
             if self.mail_from is not None:
                 return b"503 5.5.1 nested MAIL command\r\n"
             addr, params = _parse_path(line[10:])
-            code, text = f.replies.get(addr, (250, "2.1.0 Ok"))
+            code, text = f.replies.get(addr, f.mail_reply or (250, "2.1.0 Ok"))
             if code == 250:
                 self.mail_from = addr
                 self.mail_params = params
@@ -311,6 +354,56 @@ class SinkServer(Protocol):
         self.reset()
         code, text = f.data_reply
         return b"%d %s\r\n" % (code, text.encode())
+
+
+class SlowSinkFactory(SinkFactory):
+    """
+    A sink that takes C{delay} seconds to accept each message, like a busy
+    smarthost: the end-of-data reply (and everything after it) waits.
+    """
+
+    def __init__(self, delay: float, clock=None, **kwargs):
+        super().__init__(**kwargs)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.delay = delay
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        self.connections += 1
+        p = SlowSinkServer(self, self.connections)
+        self.protocols.append(p)
+        return p
+
+
+class SlowSinkServer(SinkServer):
+    def __init__(self, factory, number):
+        super().__init__(factory, number)
+        self.backlog = b""
+        self.paused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.backlog += data
+        self._process()
+
+    def _process(self) -> None:
+        while not self.paused and self.transport is not None:
+            end = self.backlog.find(b"\r\n")
+            if end < 0:
+                return
+            line, self.backlog = self.backlog[:end + 2], self.backlog[end + 2:]
+            if self.in_data and line == b".\r\n":
+                self.paused = True
+                self.factory.clock.callLater(self.factory.delay, self._accept)
+                return
+            SinkServer.dataReceived(self, line)
+
+    def _accept(self) -> None:
+        self.paused = False
+        if self.transport is None or not self.transport.connected:
+            return
+        SinkServer.dataReceived(self, b".\r\n")
+        self._process()
 
 
 def _parse_path(rest: bytes) -> tuple[str, list[str]]:

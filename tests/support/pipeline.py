@@ -12,6 +12,7 @@ from tests.support.stores import make_memory_store
 from trackermail.config import config_from_dict
 from trackermail.processing import Processor
 from trackermail.service import default_handlers
+from trackermail.store.outbox import outbox_body
 from trackermail.store.sql import Rows
 
 FQDN = "tracker.example.org"
@@ -58,9 +59,12 @@ def outbox(testcase, store):
     """[(recipient, sender, parsed copy)] of every queued delivery, in order."""
     def program():
         rows = yield Rows(
-            "SELECT d.recipient, d.sender, d.prefix, m.body FROM outbox_deliveries d "
-            "JOIN outbox_messages m ON m.id = d.message_id ORDER BY d.id")
-        return rows
+            "SELECT recipient, sender, prefix, message_id FROM outbox_deliveries ORDER BY id")
+        bodies = {}
+        for *_, mid in rows:
+            if mid not in bodies:
+                bodies[mid] = yield from outbox_body(mid)
+        return [(rcpt, sender, prefix, bodies[mid]) for rcpt, sender, prefix, mid in rows]
 
     rows = testcase.successResultOf(store.run(program))
     result = []

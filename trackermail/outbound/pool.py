@@ -29,15 +29,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from trackermail.errors import ConfigError
-from trackermail.outbound.client import (
-    ClientSettings,
-    Result,
-    SMTPConnection,
-    Transaction,
-)
-from trackermail.outbound.interface import IOutboundTransport
+from trackermail.outbound.connection import ClientSettings, SMTPConnection, Transaction
+from trackermail.outbound.interface import CONNECT, LOCAL, IOutboundTransport, Reply
 
 log = Logger()
+
+SHUTTING_DOWN = Reply(421, "4.3.2 outbound connection pool is shutting down", LOCAL)
 
 STARTTLS_MODES = ("no", "opportunistic", "required")
 MAX_BACKOFF = 30.0
@@ -151,7 +148,7 @@ class SMTPPool:
             recipients = [recipients]
         txn = Transaction(mail_from, recipients, data)
         if self._closing:
-            txn.fail_all((421, "4.3.2 outbound connection pool is shutting down"))
+            txn.fail_all(SHUTTING_DOWN)
             return txn.deferred
         if not txn.recipients:
             return succeed({})
@@ -164,7 +161,7 @@ class SMTPPool:
         if self._retry_call is not None:
             self._retry_call.cancel()
             self._retry_call = None
-        self._fail_queue((421, "4.3.2 outbound connection pool is shutting down"))
+        self._fail_queue(SHUTTING_DOWN)
         for attempt in list(self._attempts):
             attempt.cancel()
         for conn in list(self._conns):
@@ -225,8 +222,8 @@ class SMTPPool:
                 return
             why = failure.getErrorMessage()
             log.warn("cannot connect to {peer}: {why}", peer=self._settings.peer, why=why)
-            self._setup_failed((421, "4.4.1 cannot connect to {}: {}".format(
-                self._settings.peer, why)))
+            self._setup_failed(Reply(421, "4.4.1 cannot connect to {}: {}".format(
+                self._settings.peer, why), CONNECT))
 
         d.addCallbacks(done, failed)
 
@@ -235,7 +232,7 @@ class SMTPPool:
         self._conns.append(conn)
         return conn
 
-    def _setup_failed(self, result: Result) -> None:
+    def _setup_failed(self, result: Reply) -> None:
         self._failures += 1
         working = any(c.state != "setup" for c in self._conns)
         if not working and not self._attempts and not any(
@@ -250,7 +247,7 @@ class SMTPPool:
         if self._queue:
             self._dispatch()
 
-    def _fail_queue(self, result: Result) -> None:
+    def _fail_queue(self, result: Reply) -> None:
         queue = self._queue
         self._queue = deque()
         for txn in queue:
@@ -278,7 +275,7 @@ class SMTPPool:
         if self._closing:
             conn.retire()
 
-    def connection_failed(self, conn: SMTPConnection, result: Result) -> None:
+    def connection_failed(self, conn: SMTPConnection, result: Reply) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
         if self._closing:
@@ -292,7 +289,7 @@ class SMTPPool:
         if requeue:
             if self._closing:
                 for txn in requeue:
-                    txn.fail_all((421, "4.3.2 outbound connection pool is shutting down"))
+                    txn.fail_all(SHUTTING_DOWN)
             else:
                 self._queue.extendleft(reversed(requeue))
         if self._closing:

@@ -1,88 +1,91 @@
 # -*- test-case-name: tests.outbound.test_sender -*-
 """
-The outbox sender: claims due deliveries in batches, sends them through an
-L{IOutboundTransport} (the SMTP connection pool), and records each result.
+The outbox sender: claims due deliveries in batches, sends each through an
+L{IOutboundTransport} (the SMTP connection pool), and records its result.
 
-- 2xx: sent. 4xx or a connection failure: retried with exponential backoff
-  (C{retry_initial} doubling up to C{retry_max}) until C{give_up_days} after
-  the delivery was queued, then failed. 5xx: failed at once and, through
-  C{on_permanent_failure}, counted as a bounce of that address.
-- It wakes when the store notifies C{outbox} (PostgreSQL LISTEN/NOTIFY, an
-  in-process signal on SQLite) and otherwise sleeps until the next retry is
-  due (at most C{poll_interval}).
-- Results of a batch are recorded in one transaction; the next batch is
-  claimed while the previous one is still being sent.
+- Claims are leases of C{lease} seconds (default 30), renewed every
+  C{lease / 3} while the node runs; a node releases its own claims when it
+  starts (its name, C{[tracker] node}, is stable across restarts), so a
+  restarted node sends again at once and another node takes over a dead
+  node's deliveries when their lease runs out. The sender sleeps until the
+  next retry is due, another node's earliest lease ends, the store notifies
+  C{outbox} (PostgreSQL LISTEN/NOTIFY, an in-process signal on SQLite), or
+  C{poll_interval} passes.
+- A body is read from the store when a delivery is about to be sent (see
+  L{trackermail.outbound.bodies}); the bytes of bodies in memory stay within
+  C{max_inflight_bytes}.
+- Results are recorded as they arrive, in group commits (see
+  L{trackermail.outbound.recorder}; every C{flush_interval} = 0.1 s or
+  C{flush_size} = 500 results, at once when nothing else is in flight): a
+  SIGKILL re-sends at most what was in flight and the last 0.1 s of results.
+- What a reply means is decided by L{trackermail.outbound.smarthost}: 2xx
+  sent; 4xx (and the smarthost's own refusals) retried with exponential
+  backoff (C{retry_initial} doubling up to C{retry_max}) until
+  C{give_up_days} after the delivery was queued, then failed; a permanent
+  refusal of the message fails the delivery; only a permanent RCPT refusal
+  goes through C{on_permanent_failure} (the bounce policy, a store program
+  C{hook(recipient, sender, code, text, now)}) in the same transaction.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-from collections import OrderedDict
+from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from trackermail import metrics
-from trackermail.errors import TemporaryFailure
+from trackermail.outbound.bodies import CLOSED, NOT_READY, BodyCache
+from trackermail.outbound.interface import LOCAL, Reply
+from trackermail.outbound.recorder import Recorder
+from trackermail.outbound.smarthost import (
+    BOUNCE,
+    DEFER,
+    FAIL,
+    HOLD,
+    RETRY,
+    SENT,
+    SmarthostWatch,
+)
 from trackermail.store.outbox import (
-    bodies,
+    Delivery,
+    Result,
     claim_due,
-    mark_failed,
-    mark_retry,
-    mark_sent,
-    next_due,
+    next_wakeup,
     purge_finished,
+    read_body,
+    release_claims,
+    renew_claims,
 )
 
 log = Logger()
 
-
-class _BodyCache:
-    """
-    Bodies by message id: a fan-out sends one body to thousands of
-    recipients, so it is read from the store once, not per delivery.
-    """
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024):
-        self._items: OrderedDict[int, bytes] = OrderedDict()
-        self._bytes = 0
-        self._max = max_bytes
-
-    def get(self, mid):
-        body = self._items.get(mid)
-        if body is not None:
-            self._items.move_to_end(mid)
-        return body
-
-    def put(self, mid, body: bytes) -> None:
-        if mid in self._items:
-            return
-        self._items[mid] = body
-        self._bytes += len(body)
-        while self._bytes > self._max and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old)
+NO_RESULT = Reply(451, "4.3.0 the transport gave no result for this recipient", LOCAL)
+BODY_MISSING = Reply(554, "5.3.0 the message body is missing from the outbox"
+                          " (deleted by hand?); not sent", LOCAL)
 
 
 class OutboxSender(service.Service):
     name = "outbound"
 
     def __init__(self, store, transport, clock=None, *, node: str | None = None,
-                 batch_size: int = 500, lease: float = 600.0,
+                 batch_size: int = 500, lease: float = 30.0,
                  retry_initial: float = 60.0, retry_max: float = 3600.0,
                  give_up_days: float = 5.0, poll_interval: float = 30.0,
                  on_permanent_failure=None, ready=None,
                  max_inflight_bytes: int = 32 * 1024 * 1024,
-                 keep_sent: float = 86400.0):
+                 keep_sent: float = 86400.0, flush_interval: float = 0.1,
+                 flush_size: int = 500, rcpt_hold: float = 10.0,
+                 peer: str = "smarthost"):
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = store
         self.transport = transport
         self.clock = clock
-        self.node = node or f"{socket.gethostname()}:{os.getpid()}"
+        self.node = node or socket.gethostname()
         self.batch_size = batch_size
         self.lease = lease
         self.retry_initial = retry_initial
@@ -91,28 +94,52 @@ class OutboxSender(service.Service):
         self.poll_interval = poll_interval
         self.on_permanent_failure = on_permanent_failure
         self._ready = ready
-        self._bodies = _BodyCache()
         self.keep_sent = keep_sent
         self._last_purge = float("-inf")
-        self.max_inflight_bytes = max_inflight_bytes
-        self._inflight_bytes = 0
-        self._byte_waiters: list[Deferred] = []
+        self.bodies = BodyCache(lambda mid: self.store.run(read_body, mid), max_inflight_bytes)
+        self.watch = SmarthostWatch(clock, self._held_judged, peer=peer, hold_time=rcpt_hold)
+        self.recorder = Recorder(store, self.node, clock, on_permanent_failure,
+                                 more_coming=self._more_coming, on_recorded=self._recorded,
+                                 interval=flush_interval, size=flush_size)
+        # Claimed and not yet recorded, by delivery id.
+        self._claimed: dict[int, Delivery] = {}
+        # Handed to the transport and not yet answered.
+        self._in_flight = 0
+        self._drained: Deferred | None = None
+        # Batches still handing deliveries to the transport.
+        self._batches: list[Deferred] = []
         self._wakeup: Deferred | None = None
-        self._timer = None
+        self._progress: Deferred | None = None
+        self._renewal: task.LoopingCall | None = None
         self._loop: Deferred | None = None
+        self._stopping: Deferred = Deferred()
         self._idle_waiters: list[Deferred] = []
         self._pending_wake = False
         self.sent = self.retried = self.failed = 0
 
     # -- service ---------------------------------------------------------
 
+    @property
+    def max_inflight_bytes(self) -> int:
+        return self.bodies.budget
+
+    @max_inflight_bytes.setter
+    def max_inflight_bytes(self, value: int) -> None:
+        self.bodies.budget = value
+
     def startService(self):
         super().startService()
+        self.bodies.open()
+        self.recorder.running = True
+        self._stopping = Deferred()
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(lambda f: log.failure("outbox sender stopped", f))
 
     def stopService(self):
         super().stopService()
+        self.bodies.close()
+        if not self._stopping.called:
+            self._stopping.callback(None)
         self.wake()
         d = self._loop if self._loop is not None else defer.succeed(None)
         self._loop = None
@@ -121,12 +148,14 @@ class OutboxSender(service.Service):
     def wake(self) -> None:
         """New work may be due: stop sleeping."""
         self._pending_wake = True
-        if self._wakeup is not None and not self._wakeup.called:
-            d, self._wakeup = self._wakeup, None
-            d.callback(None)
+        for name in ("_wakeup", "_progress"):
+            d = getattr(self, name)
+            if d is not None and not d.called:
+                setattr(self, name, None)
+                d.callback(None)
 
     def when_idle(self) -> Deferred:
-        """Fires the next time the sender finds nothing due."""
+        """Fires the next time the sender finds nothing due and nothing in flight."""
         d = Deferred()
         self._idle_waiters.append(d)
         self.wake()
@@ -136,43 +165,111 @@ class OutboxSender(service.Service):
 
     async def _run(self):
         if self._ready is not None:
-            await self._ready()
+            # The store may never become ready: a stop must still end this.
+            await defer.DeferredList([self._ready(), self._stopping], fireOnOneCallback=True,
+                                     consumeErrors=True)
+        if not await self._release_own_claims():
+            return
         await self.store.listen("outbox", self.wake)
-        in_flight: Deferred | None = None
+        self._renewal = task.LoopingCall(self._renew)
+        self._renewal.clock = self.clock
+        self._renewal.start(self.lease / 3, now=False)
+        try:
+            while self.running:
+                await self._step()
+        finally:
+            await self._shutdown()
+
+    async def _step(self) -> None:
+        self._pending_wake = False
+        if len(self._claimed) >= self.batch_size:
+            await self._wait_for_progress()
+            return
+        try:
+            batch = await self.store.run(claim_due, self.store.dialect, self.node,
+                                         self.clock.seconds(), self.batch_size, self.lease)
+        except Exception as e:
+            log.error("cannot claim deliveries: {error}", error=str(e))
+            await self._sleep(min(self.poll_interval, 5.0))
+            return
+        if batch:
+            for delivery in batch:
+                self._claimed[delivery.id] = delivery
+            d = Deferred()
+            self._batches.append(d)
+            sending = Deferred.fromCoroutine(self._send_batch(batch))
+            sending.addErrback(lambda f: log.failure("sending a batch failed", f))
+            sending.addBoth(lambda _: self._batch_sent(d))
+            return
+        if self._claimed:
+            await self._wait_for_progress(everything=True)
+            return
+        await self._purge_if_due()
+        if self._claimed or self._pending_wake:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
+        if self._pending_wake:
+            return
+        await self._sleep(await self._next_wakeup_in())
+
+    async def _release_own_claims(self) -> bool:
+        """
+        A node that starts has nothing in flight: what the store says it is
+        sending was claimed by its previous life, and is due again now.
+        """
         while self.running:
-            self._pending_wake = False
             try:
-                now = self.clock.seconds()
-                batch = await self.store.run(claim_due, self.store.dialect,
-                                             self.node, now, self.batch_size, self.lease)
+                n = await self.store.run(release_claims, self.node)
             except Exception as e:
-                log.error("cannot claim deliveries: {error}", error=str(e))
-                batch = None
-                await self._sleep(min(self.poll_interval, 5.0))
+                log.error("cannot release the claims of {node}: {error}; retrying",
+                          node=self.node, error=str(e))
+                self._pending_wake = False
+                await self._sleep(5.0)
                 continue
-            if batch:
-                previous = in_flight
-                in_flight = Deferred.fromCoroutine(self._send_batch(batch))
-                in_flight.addErrback(lambda f: log.failure("sending a batch failed", f))
-                if previous is not None:
-                    await previous
-                if len(batch) < self.batch_size:
-                    await in_flight
-                    in_flight = None
-                continue
-            if in_flight is not None:
-                await in_flight
-                in_flight = None
-                continue
-            await self._purge_if_due()
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
-            if self._pending_wake:
-                continue
-            await self._sleep(await self._next_due_in())
-        if in_flight is not None:
-            await in_flight
+            if n:
+                log.info("released {n} deliveries {node} was sending before it stopped",
+                         n=n, node=self.node)
+            return True
+        return False
+
+    async def _shutdown(self) -> None:
+        self.bodies.close()
+        while self._batches:
+            await defer.DeferredList(list(self._batches))
+        if self._in_flight:
+            # Sends the smarthost is answering: their results must be recorded.
+            self._drained = Deferred()
+            await self._drained
+        self.watch.release_all(RETRY)
+        self.watch.stop()
+        self.recorder.stop()
+        await self.recorder.when_flushed()
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _renew(self) -> None:
+        if not self._claimed:
+            return
+        # Runs every lease / 3: a lease ending after the next run but one is
+        # safe until then, so only older claims are written.
+        now = self.clock.seconds()
+        d = self.store.run(renew_claims, self.node, now + self.lease,
+                           now + 2 * self.lease / 3)
+        d.addErrback(lambda f: log.error("cannot renew the leases of {node}: {error}",
+                                         node=self.node, error=f.getErrorMessage()))
+
+    async def _wait_for_progress(self, everything: bool = False) -> None:
+        """Until a result is recorded (or all are, with C{everything}), or a wake."""
+        while self.running and not self._pending_wake and self._claimed:
+            d = self._progress = Deferred()
+            await d
+            if not everything:
+                return
 
     async def _purge_if_due(self) -> None:
         """
@@ -189,14 +286,19 @@ class OutboxSender(service.Service):
         except Exception as e:
             log.error("cannot purge sent deliveries: {error}", error=str(e))
 
-    async def _next_due_in(self) -> float:
+    async def _next_wakeup_in(self) -> float:
         try:
-            due = await self.store.run(next_due)
+            when = await self.store.run(next_wakeup, self.node)
         except Exception:
             return self.poll_interval
-        if due is None:
+        if when is None:
             return self.poll_interval
-        return max(0.0, min(self.poll_interval, due - self.clock.seconds()))
+        delay = when - self.clock.seconds()
+        if delay <= 0:
+            # Due, but nothing could be claimed: another node is claiming
+            # it right now, or its lease is being renewed. Look again soon.
+            delay = 1.0
+        return min(self.poll_interval, delay)
 
     async def _sleep(self, seconds: float) -> None:
         if not self.running or self._pending_wake:
@@ -209,110 +311,131 @@ class OutboxSender(service.Service):
             if timer.active():
                 timer.cancel()
 
-    async def _send_batch(self, batch):
-        missing = [d.message_id for d in batch if self._bodies.get(d.message_id) is None]
-        if missing:
-            for mid, body in (await self.store.run(bodies, missing)).items():
-                self._bodies.put(mid, body)
-        sends = []
-        for delivery in batch:
-            body = self._bodies.get(delivery.message_id)
-            if body is None:
-                # The body vanished (purged by an operator): nothing to send.
-                sends.append(defer.succeed({delivery.recipient: (554, "5.3.0 body missing")}))
+    # -- sending -----------------------------------------------------------
+
+    async def _send_batch(self, batch: list[Delivery]) -> None:
+        bodies = self.bodies
+        for i, delivery in enumerate(batch):
+            if not self.running:
+                # Stopping: what was not handed over yet goes back to the queue.
+                for rest in batch[i:]:
+                    self.recorder.add(Result(rest, "released"))
+                return
+            mid = delivery.message_id
+            parts = bodies.acquire_now(mid)
+            if parts is NOT_READY:
+                try:
+                    parts = await bodies.acquire(mid, delivery.size)
+                except Exception as e:
+                    self._finish(delivery, Reply(451, "4.3.0 cannot read the message from the"
+                                                 " outbox: {}".format(e), LOCAL))
+                    continue
+                if parts is CLOSED:
+                    for rest in batch[i:]:
+                        self.recorder.add(Result(rest, "released"))
+                    return
+            if parts is None:
+                bodies.release(mid)
+                self._finish(delivery, BODY_MISSING)
                 continue
-            # The shared body object goes to the transport as it is, behind
-            # this copy's own header prefix: the pool encodes it once for
+            # The shared chunks go to the transport as they are, behind
+            # this copy's own header prefix: the pool encodes them once for
             # the whole fan-out instead of once per copy.
-            data = (delivery.prefix, body) if delivery.prefix else body
-            size = len(delivery.prefix) + len(body)
-            # Bound the bytes handed to the transport at once: a 1 MiB
-            # message to 10,000 people must not become 10 GiB in memory.
-            while self._inflight_bytes and self._inflight_bytes + size > self.max_inflight_bytes:
-                waiter = Deferred()
-                self._byte_waiters.append(waiter)
-                await waiter
-            self._inflight_bytes += size
+            data = (delivery.prefix, *parts) if delivery.prefix else parts
+            self._in_flight += 1
             d = defer.maybeDeferred(self.transport.send, delivery.sender,
                                     [delivery.recipient], data)
-            d.addErrback(lambda f, rcpt=delivery.recipient:
-                         {rcpt: (451, f"4.3.0 {f.getErrorMessage()}")})
-            d.addBoth(self._release, size)
-            sends.append(d)
-        results = await defer.gatherResults(sends, consumeErrors=True)
-        await self._record(batch, results)
+            d.addCallbacks(self._answered, self._broken_transport,
+                           callbackArgs=(delivery,), errbackArgs=(delivery,))
 
-    def _release(self, result, size: int):
-        self._inflight_bytes -= size
-        waiters, self._byte_waiters = self._byte_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-        return result
+    def _batch_sent(self, d: Deferred) -> None:
+        self._batches.remove(d)
+        d.callback(None)
+        if not self._more_coming():
+            self.recorder.flush()
 
-    async def _record(self, batch, results):
+    def _answered(self, results: dict, delivery: Delivery) -> None:
+        self._in_flight -= 1
+        self.bodies.release(delivery.message_id)
+        reply = results.get(delivery.recipient, NO_RESULT) if isinstance(results, dict) \
+            else NO_RESULT
+        if not isinstance(reply, Reply):
+            code, text = reply[:2]
+            reply = Reply(code, text, LOCAL)
+        self._finish(delivery, reply)
+        if not self._in_flight and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def _broken_transport(self, failure, delivery: Delivery) -> None:
+        # A transport must answer every recipient; a failed send is its
+        # bug, taken as a temporary failure of this copy.
+        log.error("the outbound transport failed a send to {rcpt}: {error}",
+                  rcpt=delivery.recipient, error=failure.getErrorMessage())
+        self._answered({delivery.recipient: Reply(
+            451, "4.3.0 {}".format(failure.getErrorMessage()), LOCAL)}, delivery)
+
+    def _finish(self, delivery: Delivery, reply: Reply) -> None:
+        try:
+            verdict = self.watch.judge(delivery, reply)
+            if verdict != HOLD:
+                self._judged(delivery, reply, verdict)
+        except Exception:
+            log.failure("cannot judge the reply {code} {text} for {rcpt}", code=reply.code,
+                        text=reply.text, rcpt=delivery.recipient)
+            self.recorder.add(Result(delivery, "released"))
+
+    def _held_judged(self, delivery: Delivery, reply: Reply, verdict: str) -> None:
+        self._judged(delivery, reply, verdict)
+
+    def _judged(self, delivery: Delivery, reply: Reply, verdict: str) -> None:
         now = self.clock.seconds()
-        ok, retry, failed = [], [], []
-        for delivery, result in zip(batch, results):
-            code, text = result.get(delivery.recipient, (451, "4.3.0 no result"))
-            if 200 <= code < 300:
-                ok.append(delivery.id)
-            elif 400 <= code < 500 and now - delivery.created < self.give_up:
+        code, text, _ = reply
+        if verdict == SENT:
+            result = Result(delivery, "sent", code)
+        elif verdict in (RETRY, DEFER):
+            if now - delivery.created < self.give_up:
                 delay = min(self.retry_max,
                             self.retry_initial * (2 ** max(0, delivery.attempts - 1)))
-                retry.append((delivery, now + delay, code, text))
+                result = Result(delivery, "queued", code, text, now + delay)
             else:
-                if 400 <= code < 500:
-                    text = f"gave up after {delivery.attempts} attempts: {text}"
-                failed.append((delivery, code, text))
+                result = Result(delivery, "failed", code,
+                                f"gave up after {delivery.attempts} attempts: {text}")
+        else:
+            result = Result(delivery, "failed", code, text, bounce=verdict == BOUNCE)
+            if verdict not in (FAIL, BOUNCE):  # pragma: no cover - defensive
+                log.error("unknown verdict {verdict}", verdict=verdict)
+        self.recorder.add(result)
 
-        hook = self.on_permanent_failure
-        # What the hook did, counted only once the transaction committed.
-        bounced: list = []
+    def _more_coming(self) -> bool:
+        return self._in_flight > 0 or bool(self._batches)
 
-        def record():
-            del bounced[:]
-            yield from mark_sent(ok, now)
-            for delivery, when, code, text in retry:
-                yield from mark_retry(delivery.id, when, code, text)
-            for delivery, code, text in failed:
-                yield from mark_failed(delivery.id, now, code, text)
-                if hook is not None and 500 <= code < 600:
-                    bounced.append((yield from hook(delivery.recipient, delivery.sender,
-                                                    code, text, now)))
-
-        attempt = 0
-        while True:
-            try:
-                await self.store.run(record)
-                break
-            except Exception as e:
-                # The results must not be lost while the database is away:
-                # otherwise the lease would expire and they would be re-sent.
-                # A restart can outlast any fixed number of attempts, so a
-                # temporary failure is retried for as long as we run.
-                attempt += 1
-                if attempt >= 10 and (not self.running
-                                      or not isinstance(e, TemporaryFailure)):
-                    log.error("cannot record {n} results ({error}); giving up",
-                              n=len(batch), error=str(e))
-                    break
-                log.error("cannot record {n} results ({error}); retrying",
-                          n=len(batch), error=str(e))
-                from twisted.internet import task
-
-                await task.deferLater(self.clock, min(30, 2 ** (attempt - 1)), lambda: None)
-        self.sent += len(ok)
-        self.retried += len(retry)
-        self.failed += len(failed)
-        metrics.deliveries(sent=len(ok), retried=len(retry), failed=len(failed))
+    def _recorded(self, results: list[Result], recorded: Optional[Any]) -> None:
+        for r in results:
+            self._claimed.pop(r.delivery.id, None)
+        d, self._progress = self._progress, None
+        if d is not None and not d.called:
+            d.callback(None)
+        if recorded is None:
+            return
+        self.sent += recorded.sent
+        self.retried += recorded.retried
+        self.failed += recorded.failed
+        metrics.deliveries(sent=recorded.sent, retried=recorded.retried, failed=recorded.failed)
+        bounced = recorded.bounced
         metrics.bounce_counted(sum(1 for b in bounced if b in ("counted", "unsubscribed")))
         metrics.unsubscribed_by_bounce(bounced.count("unsubscribed"))
         metrics.bounce_results(bounced)
-        for delivery, when, code, text in retry:
-            log.info("delivery to {rcpt} deferred ({code} {text}); next try in {delay:.0f}s",
-                     rcpt=delivery.recipient, code=code, text=text, delay=when - now)
-        for delivery, code, text in failed:
-            log.warn("delivery to {rcpt} failed: {code} {text}",
-                     rcpt=delivery.recipient, code=code, text=text)
-        if ok:
-            log.debug("sent {n} deliveries", n=len(ok))
+        if recorded.lost:
+            log.warn("{n} results were not recorded: another node had taken over their"
+                     " deliveries after {node}'s lease ran out", n=recorded.lost,
+                     node=self.node)
+        now = self.clock.seconds()
+        for r in results:
+            if r.state == "queued" and self.watch.refusing is None:
+                log.info("delivery to {rcpt} deferred ({code} {text}); next try in"
+                         " {delay:.0f}s", rcpt=r.delivery.recipient, code=r.code, text=r.text,
+                         delay=r.next_attempt - now)
+            elif r.state == "failed":
+                log.warn("delivery to {rcpt} failed: {code} {text}",
+                         rcpt=r.delivery.recipient, code=r.code, text=r.text)

@@ -1,6 +1,7 @@
 """
-Tests for L{trackermail.outbound.client}: one SMTP session driven by a
-scripted server over a StringTransport.
+Tests for L{trackermail.outbound.connection} (and its setup half,
+L{trackermail.outbound.session}): one SMTP session driven by a scripted
+server over a StringTransport.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 import base64
 from collections import deque
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
@@ -19,47 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from trackermail.outbound.client import (
-    ClientSettings,
-    SMTPConnection,
-    Transaction,
-    encode_data,
-)
-
-
-def decode_data(wire: bytes) -> bytes:
-    """
-    What a server makes of DATA content: unstuff up to the first lone ".".
-    """
-    out = []
-    lines = wire.split(b"\r\n")
-    for i, line in enumerate(lines):
-        if line == b".":
-            assert lines[i + 1:] == [b""], "data continues after the final dot"
-            return b"".join(line + b"\r\n" for line in out)
-        out.append(line[1:] if line.startswith(b".") else line)
-    raise AssertionError("no final dot")
-
-
-def normalise(data: bytes) -> bytes:
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
-
-
-def body_with_dot_at(offset: int) -> bytes:
-    """
-    A message whose lone "." line starts exactly at C{offset}.
-    """
-    full, rest = divmod(offset, 80)
-    if rest == 1:
-        full, rest = full - 1, 81
-    lines = [b"%078d\r\n" % i for i in range(full)]
-    if rest:
-        lines.append(b"y" * (rest - 2) + b"\r\n")
-    return b"".join(lines) + b".\r\nafter the dot\r\n..two dots\r\n"
-
+from trackermail.outbound.connection import ClientSettings, SMTPConnection, Transaction
+from trackermail.outbound.interface import CONNECT, DATA, LOCAL, MAIL, RCPT, SESSION, Reply
 
 class ListSource:
     def __init__(self):
@@ -132,59 +92,6 @@ class SessionMixin:
         self.conn.take_work()
         return d
 
-
-class EncodeDataTests(SynchronousTestCase):
-    def test_lf_becomes_crlf(self):
-        """Bare LF line endings go out as CRLF."""
-        self.assertEqual(encode_data(b"a\nb\n"), b"a\r\nb\r\n.\r\n")
-
-    def test_crlf_is_not_doubled(self):
-        """CRLF input is sent as CRLF, never CR CR LF."""
-        self.assertEqual(encode_data(b"a\r\nb\r\n"), b"a\r\nb\r\n.\r\n")
-
-    def test_bare_cr_becomes_line_end(self):
-        """A bare CR (not allowed in SMTP) becomes a line end, so no smuggled end of data."""
-        self.assertEqual(encode_data(b"a\r.\rb"), b"a\r\n..\r\nb\r\n.\r\n")
-
-    def test_dot_lines_are_stuffed(self):
-        """Lines starting with a dot, the first one included, get another dot."""
-        self.assertEqual(encode_data(b".a\n.\n..b\nc.\n"), b"..a\r\n..\r\n...b\r\nc.\r\n.\r\n")
-
-    def test_missing_final_newline_is_added(self):
-        """A message without a final newline still ends with CRLF.CRLF."""
-        self.assertEqual(encode_data(b"abc"), b"abc\r\n.\r\n")
-
-    def test_empty_message(self):
-        """An empty message is just the final dot."""
-        self.assertEqual(encode_data(b""), b".\r\n")
-
-    def test_eight_bit_bytes_are_kept(self):
-        """8-bit and undecodable bytes pass unchanged."""
-        self.assertEqual(encode_data(b"\xff\xe9\x00\n"), b"\xff\xe9\x00\r\n.\r\n")
-
-    def test_dot_line_at_every_offset_around_16k(self):
-        """A lone "." line anywhere around a 16 KiB boundary is stuffed, never ends DATA early."""
-        for offset in range(16384 - 40, 16384 + 41):
-            body = body_with_dot_at(offset)
-            self.assertEqual(body[offset:offset + 3], b".\r\n")
-            self.assertEqual(decode_data(encode_data(body)), body, offset)
-
-    def test_one_mebibyte_body(self):
-        """A 1 MiB body with dot lines survives encoding and decoding byte for byte."""
-        lines = []
-        for i in range(40000):
-            lines.append(b"." if i % 997 == 0 else b".leading dot %d" % i if i % 13 == 0
-                         else b"plain line %d" % i)
-        body = b"\n".join(lines)[: 1024 * 1024]
-        self.assertEqual(decode_data(encode_data(body)), normalise(body))
-
-    @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=300))
-    def test_round_trip(self, data):
-        """Any bytes come out of a server's unstuffing as the CRLF-normalised input."""
-        self.assertEqual(decode_data(encode_data(data)), normalise(data))
-
-
 class PipeliningTests(SessionMixin, SynchronousTestCase):
     def test_envelope_in_one_write(self):
         """With PIPELINING, MAIL, every RCPT and DATA leave in one write."""
@@ -202,8 +109,8 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.assertNoResult(d)
         self.server(b"250 2.0.0 Ok: queued as 1\r\n")
         self.assertEqual(self.successResultOf(d), {
-            "a@x.example": (250, "2.0.0 Ok: queued as 1"),
-            "b@x.example": (250, "2.0.0 Ok: queued as 1"),
+            "a@x.example": Reply(250, "2.0.0 Ok: queued as 1", DATA),
+            "b@x.example": Reply(250, "2.0.0 Ok: queued as 1", DATA),
         })
 
     def test_next_envelope_follows_final_dot_in_same_write(self):
@@ -219,10 +126,10 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         ]))
         self.assertEqual(len(self.transport.io.getvalue()), len(self.sent()))
         self.server(b"250 2.0.0 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
-        self.assertEqual(self.successResultOf(d1), {"a@x.example": (250, "2.0.0 queued 1")})
+        self.assertEqual(self.successResultOf(d1), {"a@x.example": Reply(250, "2.0.0 queued 1", DATA)})
         self.assertEqual(self.sent(), b"two\r\n.\r\n")
         self.server(b"250 2.0.0 queued 2\r\n")
-        self.assertEqual(self.successResultOf(d2), {"b@x.example": (250, "2.0.0 queued 2")})
+        self.assertEqual(self.successResultOf(d2), {"b@x.example": Reply(250, "2.0.0 queued 2", DATA)})
 
     def test_mixed_recipient_results(self):
         """Each recipient gets its own RCPT reply or, if accepted, the end-of-data reply."""
@@ -234,9 +141,9 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.sent()
         self.server(b"250 2.0.0 queued\r\n")
         self.assertEqual(self.successResultOf(d), {
-            "ok@x": (250, "2.0.0 queued"),
-            "gone@x": (550, "5.1.1 <gone@x>: unknown"),
-            "full@x": (452, "4.2.2 mailbox full"),
+            "ok@x": Reply(250, "2.0.0 queued", DATA),
+            "gone@x": Reply(550, "5.1.1 <gone@x>: unknown", RCPT),
+            "full@x": Reply(452, "4.2.2 mailbox full", RCPT),
         })
 
     def test_mail_rejected(self):
@@ -247,7 +154,8 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.server(b"553 5.7.1 sender rejected\r\n503 5.5.1 need MAIL\r\n"
                     b"503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n")
         self.assertEqual(self.successResultOf(d), {
-            "a@x": (553, "5.7.1 sender rejected"), "b@x": (553, "5.7.1 sender rejected")})
+            "a@x": Reply(553, "5.7.1 sender rejected", MAIL),
+            "b@x": Reply(553, "5.7.1 sender rejected", MAIL)})
         self.send("good@t.example", ["a@x"])
         self.assertTrue(self.sent().startswith(b"RSET\r\nMAIL FROM:<good@t.example>"))
 
@@ -256,7 +164,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.session()
         d = self.send("s@t.example", ["a@x"])
         self.server(b"451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (451, "4.3.0 try later")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(451, "4.3.0 try later", MAIL)})
 
     def test_all_recipients_rejected(self):
         """When every RCPT is refused, no content is sent and each recipient keeps its reply."""
@@ -265,7 +173,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.sent()
         self.server(b"250 ok\r\n550 5.1.1 no a\r\n450 4.1.1 no b\r\n554 5.5.1 no valid recipients\r\n")
         self.assertEqual(self.successResultOf(d), {
-            "a@x": (550, "5.1.1 no a"), "b@x": (450, "4.1.1 no b")})
+            "a@x": Reply(550, "5.1.1 no a", RCPT), "b@x": Reply(450, "4.1.1 no b", RCPT)})
         self.assertEqual(self.sent(), b"")
         self.send("s@t.example", ["c@x"])
         self.assertTrue(self.sent().startswith(b"RSET\r\nMAIL"))
@@ -276,7 +184,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x", "b@x"])
         self.server(b"250 ok\r\n250 ok\r\n550 5.1.1 no b\r\n451 4.3.0 queue full\r\n")
         self.assertEqual(self.successResultOf(d), {
-            "a@x": (451, "4.3.0 queue full"), "b@x": (550, "5.1.1 no b")})
+            "a@x": Reply(451, "4.3.0 queue full", DATA), "b@x": Reply(550, "5.1.1 no b", RCPT)})
 
     def test_end_of_data_rejected(self):
         """A permanent end-of-data reply is every accepted recipient's result."""
@@ -284,7 +192,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x"])
         self.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
         self.server(b"554 5.7.1 spam\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (554, "5.7.1 spam")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(554, "5.7.1 spam", DATA)})
         self.sent()
         self.send("s@t.example", ["a@x"])
         self.assertTrue(self.sent().startswith(b"MAIL"), "no RSET needed after end of data")
@@ -296,7 +204,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.sent()
         self.server(b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n")
         self.assertEqual(self.sent(), b".\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (550, "5.1.1 no")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(550, "5.1.1 no", RCPT)})
         self.server(b"554 5.5.1 no message\r\n")
         self.send("s@t.example", ["b@x"])
         self.assertTrue(self.sent().startswith(b"MAIL"))
@@ -306,8 +214,8 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.session()
         d = self.send("s@t.example", ["a@x"])
         self.server(b"503 5.5.1 nested MAIL\r\n503 x\r\n503 x\r\n")
-        code, text = self.successResultOf(d)["a@x"]
-        self.assertEqual(code, 451)
+        code, text, stage = self.successResultOf(d)["a@x"]
+        self.assertEqual((code, stage), (451, SESSION))
         self.assertIn("503 5.5.1 nested MAIL", text)
 
     def test_multiline_reply_text(self):
@@ -316,7 +224,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x"])
         self.server(b"250 ok\r\n550-5.1.1 first\r\n550-5.1.1 second\r\n550 5.1.1 third\r\n554 no\r\n")
         self.assertEqual(self.successResultOf(d),
-                         {"a@x": (550, "5.1.1 first 5.1.1 second 5.1.1 third")})
+                         {"a@x": Reply(550, "5.1.1 first 5.1.1 second 5.1.1 third", RCPT)})
 
     def test_replies_split_across_reads(self):
         """Replies split at any byte still parse."""
@@ -327,7 +235,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.sent()
         for byte in b"250 2.0.0 done\r\n":
             self.server(bytes([byte]))
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "2.0.0 done")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "2.0.0 done", DATA)})
 
     def test_null_sender_and_duplicates(self):
         """An empty sender is <>, and a recipient listed twice is sent to once."""
@@ -336,7 +244,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(self.sent().split(b"\r\n")[:3],
                          [b"MAIL FROM:<> SIZE=21", b"RCPT TO:<a@x>", b"DATA"])
         self.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "done")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "done", DATA)})
 
     def test_crlf_data_sent_verbatim(self):
         """CRLF message bytes, folded headers and 8-bit text go out unchanged."""
@@ -360,7 +268,7 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x", "b@x"], b"x" * 200)
         self.assertEqual(self.sent(), b"")
         results = self.successResultOf(d)
-        self.assertEqual({code for code, _ in results.values()}, {552})
+        self.assertEqual({(code, stage) for code, _, stage in results.values()}, {(552, LOCAL)})
         self.assertTrue(results["a@x"][1].startswith("5.3.4 "))
 
     def test_bad_addresses(self):
@@ -370,24 +278,24 @@ class PipeliningTests(SessionMixin, SynchronousTestCase):
         self.assertNotIn(b"evil", self.sent())
         self.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n")
         results = self.successResultOf(d)
-        self.assertEqual(results["a@x\r\nRCPT TO:<evil@x>"][0], 501)
-        self.assertEqual(results["<b@x>"][0], 501)
-        self.assertEqual(results["ok@x"], (250, "done"))
+        self.assertEqual(results["a@x\r\nRCPT TO:<evil@x>"][::2], (501, LOCAL))
+        self.assertEqual(results["<b@x>"][::2], (501, LOCAL))
+        self.assertEqual(results["ok@x"], Reply(250, "done", DATA))
 
     def test_bad_sender(self):
         """A sender with a line break fails every recipient permanently without a command."""
         self.session()
         d = self.send("s@t\n.example", ["a@x"])
         self.assertEqual(self.sent(), b"")
-        self.assertEqual(self.successResultOf(d), {"a@x": (501, "5.1.7 bad address syntax")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(501, "5.1.7 bad address syntax", LOCAL)})
 
     def test_non_ascii_without_smtputf8(self):
         """A non-ASCII recipient gets 553 5.6.7 when the server lacks SMTPUTF8."""
         self.session()
         d = self.send("s@t.example", ["j\xf6rg@x"])
         self.assertEqual(self.sent(), b"")
-        code, text = self.successResultOf(d)["j\xf6rg@x"]
-        self.assertEqual((code, text[:5]), (553, "5.6.7"))
+        code, text, stage = self.successResultOf(d)["j\xf6rg@x"]
+        self.assertEqual((code, text[:5], stage), (553, "5.6.7", LOCAL))
 
     def test_non_ascii_with_smtputf8(self):
         """With SMTPUTF8 offered, UTF-8 addresses are sent with the SMTPUTF8 parameter."""
@@ -424,7 +332,8 @@ class LockStepTests(SessionMixin, SynchronousTestCase):
         self.conn.take_work()
         self.assertEqual(self.sent(), b"", "no second transaction before the end-of-data reply")
         self.server(b"250 done\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "done"), "b@x": (550, "5.1.1 no")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "done", DATA),
+                                                    "b@x": Reply(550, "5.1.1 no", RCPT)})
         self.assertEqual(self.sent(), b"MAIL FROM:<s2@t.example> SIZE=21\r\n")
 
     def test_mail_rejected_skips_recipients(self):
@@ -433,7 +342,7 @@ class LockStepTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x"])
         self.sent()
         self.server(b"451 4.3.0 later\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (451, "4.3.0 later")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(451, "4.3.0 later", MAIL)})
         self.assertEqual(self.sent(), b"")
         self.send("s@t.example", ["a@x"])
         self.assertEqual(self.sent(), b"RSET\r\n")
@@ -448,7 +357,7 @@ class LockStepTests(SessionMixin, SynchronousTestCase):
         self.sent()
         self.server(b"550 5.1.1 no\r\n")
         self.assertEqual(self.sent(), b"")
-        self.assertEqual(self.successResultOf(d), {"a@x": (550, "5.1.1 no")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(550, "5.1.1 no", RCPT)})
 
     def test_helo_fallback(self):
         """A server that refuses EHLO gets HELO and plain lock-step SMTP."""
@@ -487,8 +396,8 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(self.sent(), b"")
         self.conn.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(self.source.failed), 1)
-        code, text = self.source.failed[0]
-        self.assertEqual(code, 421)
+        code, text, stage = self.source.failed[0]
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertIn("too busy", text)
 
     def test_554_greeting(self):
@@ -502,7 +411,8 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(self.sent(), b"QUIT\r\n")
         self.assertTrue(self.transport.disconnecting)
         self.conn.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.source.failed[0][0], 421)
+        self.assertEqual(self.source.failed[0][::2], (421, CONNECT))
+        self.assertIn("refused the session: 554 go away", self.source.failed[0].text)
 
     def test_421_mid_envelope(self):
         """A 421 before the content was sent closes the session and hands the message back once."""
@@ -525,7 +435,8 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.server(b"421 4.4.2 shutting down\r\n")
         self.conn.connectionLost(Failure(ConnectionDone()))
         results = self.successResultOf(txn.deferred)
-        self.assertEqual({code for code, _ in results.values()}, {421})
+        self.assertEqual({(code, stage) for code, _, stage in results.values()},
+                         {(421, SESSION)})
         self.assertIn("closed the session: 421 4.4.2 shutting down", results["a@x"][1])
 
     def test_421_after_content(self):
@@ -534,7 +445,7 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         d = self.send("s@t.example", ["a@x"])
         self.server(b"250 ok\r\n250 ok\r\n354 go\r\n421 4.3.0 out of memory\r\n")
         self.conn.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.successResultOf(d), {"a@x": (421, "4.3.0 out of memory")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(421, "4.3.0 out of memory", DATA)})
 
     def test_unsolicited_421(self):
         """A 421 while idle closes the connection quietly."""
@@ -552,7 +463,7 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         with capturedLogs() as events:
             self.conn.connectionLost(Failure(ConnectionLost("reset by peer")))
         results = self.successResultOf(d)
-        self.assertEqual(results["b@x"], (550, "5.1.1 no"))
+        self.assertEqual(results["b@x"], Reply(550, "5.1.1 no", RCPT))
         self.assertEqual(results["a@x"][0], 421)
         self.assertTrue(results["a@x"][1].startswith("4.4.2 "))
         self.assertIn("reset by peer", results["a@x"][1])
@@ -588,8 +499,8 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.server(b"HTTP/1.1 400 Bad Request\r\n")
         self.assertTrue(self.transport.disconnected)
         self.conn.connectionLost(Failure(ConnectionDone()))
-        code, text = self.successResultOf(d)["a@x"]
-        self.assertEqual(code, 421)
+        code, text, stage = self.successResultOf(d)["a@x"]
+        self.assertEqual((code, stage), (421, SESSION))
         self.assertIn("protocol error", text)
 
     def test_short_reply_line(self):
@@ -618,7 +529,7 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnected)
         self.conn.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(self.successResultOf(d)["a@x"], (421, "4.4.2 timeout waiting for smarthost"))
+        self.assertEqual(self.successResultOf(d)["a@x"], Reply(421, "4.4.2 timeout waiting for smarthost", SESSION))
 
     def test_replies_keep_timeout_alive(self):
         """Each reply restarts the timeout."""
@@ -628,7 +539,7 @@ class SessionTests(SessionMixin, SynchronousTestCase):
         self.server(b"250 ok\r\n")
         self.clock.advance(20)
         self.server(b"250 ok\r\n354 go\r\n250 done\r\n")
-        self.assertEqual(self.successResultOf(d), {"a@x": (250, "done")})
+        self.assertEqual(self.successResultOf(d), {"a@x": Reply(250, "done", DATA)})
         self.assertFalse(self.transport.disconnected)
 
     def test_idle_timeout_quits(self):
@@ -721,8 +632,8 @@ class TLSTests(SessionMixin, SynchronousTestCase):
             self.server(ehlo_reply())
         self.assertEqual(self.sent(), b"QUIT\r\n")
         self.conn.connectionLost(Failure(ConnectionDone()))
-        [(code, text)] = self.source.failed
-        self.assertEqual(code, 421)
+        [(code, text, stage)] = self.source.failed
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertTrue(text.startswith("4.7.0 "))
         self.assertIn("refusing to send in clear", text)
         self.assertTrue(any(e["log_level"] == LogLevel.error for e in events))
@@ -758,8 +669,8 @@ class TLSTests(SessionMixin, SynchronousTestCase):
         self.server(b"220 ready\r\n")
         with capturedLogs() as events:
             self.conn.connectionLost(Failure(ConnectionLost("certificate verify failed")))
-        [(code, text)] = self.source.failed
-        self.assertEqual(code, 421)
+        [(code, text, stage)] = self.source.failed
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertTrue(text.startswith("4.7.0 TLS with smarthost failed"))
         self.assertIn("certificate verify failed", text)
         self.assertTrue(any(e["log_level"] == LogLevel.error for e in events))
@@ -801,8 +712,8 @@ class TLSTests(SessionMixin, SynchronousTestCase):
         with capturedLogs() as events:
             self.server(b"535 5.7.8 bad credentials\r\n")
         self.conn.connectionLost(Failure(ConnectionDone()))
-        [(code, text)] = self.source.failed
-        self.assertEqual(code, 421)
+        [(code, text, stage)] = self.source.failed
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertIn("535 5.7.8", text)
         self.assertNotIn("bad", [e.get("password") for e in events])
 
@@ -813,29 +724,6 @@ class TLSTests(SessionMixin, SynchronousTestCase):
         written = self.sent()
         self.assertNotIn(b"AUTH", written)
         self.conn.connectionLost(Failure(ConnectionDone()))
-        [(code, text)] = self.source.failed
-        self.assertEqual(code, 421)
+        [(code, text, stage)] = self.source.failed
+        self.assertEqual((code, stage), (421, CONNECT))
         self.assertIn("unencrypted", text)
-
-
-class EncodePartsTests(SynchronousTestCase):
-    def test_parts_are_encoded_like_the_whole(self):
-        """A (prefix, body) message is encoded exactly like prefix + body."""
-        from trackermail.outbound.client import encode_chunks
-
-        prefix = b"X-Loop: dispatch@t.example\n"
-        body = b".starts with a dot\r\nline\n.\n" + b"x" * 8000 + b"\n"
-        chunks, size, ascii_only = encode_chunks((prefix, body))
-        self.assertEqual(b"".join(chunks), encode_data(prefix + body))
-        self.assertEqual(size, len(encode_data(prefix + body)) - 3)
-        self.assertTrue(ascii_only)
-
-    def test_shared_body_is_encoded_once(self):
-        """The same large body object is encoded once and reused for every copy."""
-        from trackermail.outbound import client
-
-        body = b"line\n" * 4000
-        first, _, _ = client.encode_chunks((b"A: 1\n", body))
-        second, _, _ = client.encode_chunks((b"A: 2\n", body))
-        self.assertIs(first[1], second[1])
-        self.assertEqual(second[0], b"A: 2\r\n")
