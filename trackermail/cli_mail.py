@@ -13,6 +13,7 @@ import re
 import sys
 import time
 
+from trackermail.cli_outbox import print_outbox_status, requeue_outbox
 from trackermail.cli_support import (
     EX_DATAERR,
     EX_NOUSER,
@@ -23,7 +24,6 @@ from trackermail.cli_support import (
     run_with_store,
 )
 from trackermail.config import Config
-from trackermail.cli_outbox import print_outbox_status, requeue_outbox
 
 
 def cmd_process(args, config):

@@ -12,7 +12,13 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.store.outbox import Result, claim_due, delivery_rows, enqueue, record_results
+from trackermail.store.outbox import (
+    Result,
+    claim_due,
+    delivery_rows,
+    enqueue,
+    record_results,
+)
 from trackermail.store.sqlite import MemoryStore
 
 

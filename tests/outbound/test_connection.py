@@ -19,7 +19,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from trackermail.outbound.connection import ClientSettings, SMTPConnection, Transaction
-from trackermail.outbound.interface import CONNECT, DATA, LOCAL, MAIL, RCPT, SESSION, Reply
+from trackermail.outbound.interface import (
+    CONNECT,
+    DATA,
+    LOCAL,
+    MAIL,
+    RCPT,
+    SESSION,
+    Reply,
+)
+
 
 class ListSource:
     def __init__(self):

@@ -226,8 +226,9 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
 
     def test_results_survive_a_store_outage(self):
         """Results that cannot be recorded are kept and recorded once the store answers again."""
-        from trackermail.errors import StoreUnavailable
         from twisted.internet import defer
+
+        from trackermail.errors import StoreUnavailable
 
         self.enqueue("a@example.org", "b@example.org")
         self.start()

@@ -12,7 +12,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.outbound.test_sender import T0, SenderMixin, states
 from trackermail import metrics
-from trackermail.outbound.interface import CONNECT, DATA, LOCAL, MAIL, RCPT, SESSION, Reply
+from trackermail.outbound.interface import (
+    CONNECT,
+    DATA,
+    LOCAL,
+    MAIL,
+    RCPT,
+    SESSION,
+    Reply,
+)
 from trackermail.outbound.smarthost import (
     BOUNCE,
     DEFER,
