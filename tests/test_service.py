@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support.net import poll
 from tests.support.tracker import start_tracker
 from trackermail.store.bounce_stats import bounce_stats, record_sent
 from trackermail.store.confirmations import create_confirmation, take_confirmation
@@ -24,11 +25,7 @@ FQDN = "tracker.example.org"
 
 async def eventually(predicate, timeout=30.0, what="condition"):
     """Poll C{predicate} on the reactor until it holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
+    return await poll(predicate, timeout, what)
 
 
 def lmtp_send(port, sender, rcpt, data):
@@ -107,6 +104,43 @@ class TrackerServiceTests(TestCase):
             await deferToThread(lmtp_send, self.lmtp_port, "a@example.net",
                                 f"nobody@{FQDN}", b"Subject: x\r\n\r\nx\r\n")
         self.assertEqual(e.exception.recipients[f"nobody@{FQDN}"][0], 550)
+
+
+    async def test_one_id_from_reception_to_the_last_copy(self):
+        """
+        The queue id of the 250 names the message in every log line: queued,
+        processed, and each sent batch of its copies.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.start_tracker()
+        for i in range(3):
+            await self.store.run(subscribe, f"u{i}@example.net", "dpkg")
+
+        def send():
+            client = smtplib.LMTP("127.0.0.1", self.lmtp_port)
+            try:
+                client.ehlo_or_helo_if_needed()
+                client.mail("rep@example.org")
+                client.rcpt(f"dispatch+dpkg_bts@{FQDN}")
+                return client.data(b"Subject: Bug#2: x\r\n\r\nbody\r\n")
+            finally:
+                client.quit()
+
+        code, reply = await deferToThread(send)
+        queue_id = reply.decode().rsplit(" ", 1)[1]
+        self.assertEqual(code, 250)
+        await eventually(lambda: sum(len(m.recipients) for m in self.sink.messages) >= 3,
+                         what="three copies")
+        await eventually(lambda: any(e.get("log_format", "").startswith("sent ")
+                                     and e.get("queue_id") == queue_id for e in events),
+                         what="the sent line")
+        formats = {e.get("log_format", "").split(" ")[0] for e in events
+                   if e.get("queue_id") == queue_id}
+        self.assertTrue({"queued", "processed", "sent"} <= formats, formats)
 
 
 class MaintenanceServiceTests(SynchronousTestCase):

@@ -373,7 +373,7 @@ def handle_dispatch(incoming, ctx):
         seen.update(r[1] for r in recipients)
         deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
     if deliveries:
-        yield from enqueue(incoming.whole, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now, origin=ctx.origin)
         yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
         "forwarded" if deliveries else "dropped",
@@ -411,7 +411,7 @@ def handle_team(incoming, ctx):
     deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
                                  None, "contact")
     if deliveries:
-        yield from enqueue(incoming.whole, deliveries, ctx.now)
+        yield from enqueue(incoming.whole, deliveries, ctx.now, origin=ctx.origin)
         yield from record_sent_ids([i for _, i in rows], ctx.today)
     if not deliveries:
         return Outcome("dropped", f"nobody in team {slug} wants it (no unmuted members)",

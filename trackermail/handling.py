@@ -65,6 +65,9 @@ class Context:
     config: Config
     vendor: Any
     now: float
+    #: The queue id of the message being handled: the mail a handler queues
+    #: carries it, so the log lines of its copies name it too.
+    origin: str = ""
 
     @property
     def fqdn(self) -> str:

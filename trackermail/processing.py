@@ -213,7 +213,7 @@ class Processor:
         if handler is None:
             raise UnknownService(f"no handler for service {route.service!r} ({route.address})")
         started = time.perf_counter()
-        ctx = Context(self.config, self.vendor, self._now())
+        ctx = Context(self.config, self.vendor, self._now(), origin=incoming.queue_id)
 
         def transaction():
             fresh = yield from mark_processed(incoming.digest, ctx.now, route.service)

@@ -158,7 +158,7 @@ def evaluate(email: str, ctx, verdict: Verdict | None = None):
         headers=[("X-Loop", f"control@{fqdn}"), ("Auto-Submitted", "auto-generated")],
         now=ctx.now,
     )
-    yield from enqueue(body, [(email, ""), (contact, "")], ctx.now)
+    yield from enqueue(body, [(email, ""), (contact, "")], ctx.now, origin=ctx.origin)
     log.warn("unsubscribed {email} after {days} mail days of bounces ({reason}):"
              " packages {packages}, muted teams {teams}", email=email, days=max_days,
              reason=verdict.reason if verdict else "", packages=packages, teams=teams)

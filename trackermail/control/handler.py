@@ -109,7 +109,7 @@ def handle_control(incoming, ctx):
         headers=_bot_headers(control) + _thread_headers(msg),
         now=ctx.now,
     )
-    yield from enqueue(reply, [(sender, "")], ctx.now)
+    yield from enqueue(reply, [(sender, "")], ctx.now, origin=ctx.origin)
     return Outcome(
         "replied",
         f"{commands} commands",
@@ -151,7 +151,7 @@ def _send_confirmations(session: Session, out: list):
             headers=_bot_headers(session.control),
             now=ctx.now,
         )
-        yield from enqueue(mail, [(pending.email, "")], ctx.now)
+        yield from enqueue(mail, [(pending.email, "")], ctx.now, origin=ctx.origin)
         sent += 1
     return sent
 
@@ -173,7 +173,7 @@ def _send_notices(session: Session):
             headers=_bot_headers(session.control),
             now=ctx.now,
         )
-        yield from enqueue(mail, [(notice.email, "")], ctx.now)
+        yield from enqueue(mail, [(notice.email, "")], ctx.now, origin=ctx.origin)
         sent += 1
     return sent
 

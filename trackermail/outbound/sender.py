@@ -431,11 +431,20 @@ class OutboxSender(service.Service):
                      " deliveries after {node}'s lease ran out", n=recorded.lost,
                      node=self.node)
         now = self.clock.seconds()
+        sent: dict[str, int] = {}
         for r in results:
-            if r.state == "queued" and self.watch.refusing is None:
-                log.info("delivery to {rcpt} deferred ({code} {text}); next try in"
-                         " {delay:.0f}s", rcpt=r.delivery.recipient, code=r.code, text=r.text,
+            if r.state == "sent":
+                sent[r.delivery.origin] = sent.get(r.delivery.origin, 0) + 1
+            elif r.state == "queued" and self.watch.refusing is None:
+                log.info("delivery of {queue_id} to {rcpt} deferred ({code} {text}); next try"
+                         " in {delay:.0f}s", queue_id=r.delivery.origin,
+                         rcpt=r.delivery.recipient, code=r.code, text=r.text,
                          delay=r.next_attempt - now)
             elif r.state == "failed":
-                log.warn("delivery to {rcpt} failed: {code} {text}",
-                         rcpt=r.delivery.recipient, code=r.code, text=r.text)
+                log.warn("delivery of {queue_id} to {rcpt} failed: {code} {text}",
+                         queue_id=r.delivery.origin, rcpt=r.delivery.recipient,
+                         code=r.code, text=r.text)
+        for origin, n in sorted(sent.items()):
+            # One line per message and commit, not per copy: a fan-out to
+            # 10,000 people logs a handful of lines, each with the queue id.
+            log.info("sent {n} copies of {queue_id}", n=n, queue_id=origin)

@@ -61,6 +61,8 @@ class Delivery:
     prefix: bytes = b""
     # The whole body's length (without the prefix).
     size: int = 0
+    # The queue id of the received message this copy was made for.
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,21 +189,23 @@ def body_chunks(body, size: int = CHUNK_SIZE) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def enqueue(body, deliveries: Sequence[tuple], now: float):
+def enqueue(body, deliveries: Sequence[tuple], now: float, origin: str = ""):
     """
     Store C{body} (C{bytes}, or a L{BodySource}) once and one queued
     delivery per C{(recipient, sender)} or C{(recipient, sender, prefix)},
     where C{prefix} are header lines sent before the body for that
-    recipient only. Fires with the message id (None when there is nobody to
-    send to).
+    recipient only. C{origin} is the queue id of the received message it
+    was made for (for the logs). Fires with the message id (None when there
+    is nobody to send to).
     """
     if not deliveries:
         return None
     chunks = body_chunks(body)
     first = next(chunks)
     mid = yield Value(
-        "INSERT INTO outbox_messages (body, size, created) VALUES (?, ?, ?) RETURNING id",
-        (first, len(first), now),
+        "INSERT INTO outbox_messages (body, size, created, origin) VALUES (?, ?, ?, ?) "
+        "RETURNING id",
+        (first, len(first), now, origin or None),
     )
     size = len(first)
     seq = 0
@@ -292,10 +296,13 @@ def claim_due(dialect: str, node: str, now: float, limit: int, lease: float):
     sizes = {}
     mids = sorted({row[1] for row in rows})
     for group in _groups(mids):
-        sizes.update((yield Rows(
-            f"SELECT id, size FROM outbox_messages WHERE id IN ({_marks(len(group))})", group)))
+        for mid, size, origin in (yield Rows(
+                f"SELECT id, size, origin FROM outbox_messages WHERE id IN "
+                f"({_marks(len(group))})", group)):
+            sizes[mid] = (size, origin or "")
     deliveries = [Delivery(*row[:6], prefix=bytes(row[6]) if row[6] else b"",
-                           size=sizes.get(row[1], 0)) for row in rows]
+                           size=sizes.get(row[1], (0, ""))[0],
+                           origin=sizes.get(row[1], (0, ""))[1]) for row in rows]
     deliveries.sort(key=lambda d: (d.message_id, d.id))
     return deliveries
 
