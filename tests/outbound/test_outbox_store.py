@@ -16,9 +16,12 @@ from trackermail.store.outbox import (
     claim_due,
     delivery_rows,
     enqueue,
+    message_counts,
     next_wakeup,
     outbox_body,
     outbox_report,
+    outbox_summary,
+    purge_finished,
     read_body,
     record_results,
     release_claims,
@@ -158,7 +161,7 @@ class OutboxStoreMixin:
 
     async def test_record_results(self):
         """A group commit records each kind of result; results for claims no longer ours are refused."""
-        await self.go(enqueue, b"x\n", [(f"u{i}@x.example", "s") for i in range(5)], T0)
+        mid = await self.go(enqueue, b"x\n", [(f"u{i}@x.example", "s") for i in range(5)], T0)
         d = await self.go(claim_due, self.store.dialect, "n1", T0, 5, 30)
         await self.go(lambda: (yield Exec(
             "UPDATE outbox_deliveries SET claimed_by = 'n2' WHERE id = ?", (d[4].id,))))
@@ -180,10 +183,63 @@ class OutboxStoreMixin:
                          (1, 1, 1, 1, 1))
         self.assertEqual(done.bounced, ["counted"])
         self.assertEqual(seen, [("u2@x.example", 550, "5.1.1 unknown")])
-        self.assertEqual([r[2:6] for r in await self.go(delivery_rows)], [
-            ("sent", 1, 250, None), ("queued", 1, 451, "4.3.0 later"),
-            ("failed", 1, 550, "5.1.1 unknown"), ("queued", 0, None, None),
-            ("sending", 1, None, None)])
+        # The sent copy is gone; its message counts it.
+        self.assertEqual([r[:1] + r[2:6] for r in await self.go(delivery_rows)], [
+            ("u1@x.example", "queued", 1, 451, "4.3.0 later"),
+            ("u2@x.example", "failed", 1, 550, "5.1.1 unknown"),
+            ("u3@x.example", "queued", 0, None, None),
+            ("u4@x.example", "sending", 1, None, None)])
+        [counts] = await self.go(message_counts)
+        self.assertEqual((counts.id, counts.sent, counts.last_sent, counts.left),
+                         (mid, 1, T0 + 1, {"queued": 2, "failed": 1, "sending": 1}))
+
+    async def test_sent_copies_are_counted_per_message(self):
+        """Sent copies of several messages in one commit are counted on each message; a copy is counted once."""
+        fanout = await self.go(enqueue, b"x\n", [(f"u{i}@x.example", "s") for i in range(3)], T0)
+        single = [await self.go(enqueue, b"y\n", [(f"v{i}@y.example", "s")], T0)
+                  for i in range(2)]
+        d = await self.go(claim_due, self.store.dialect, "n1", T0, 10, 30)
+        self.assertEqual(len(d), 5)
+        done = await self.go(record_results, "n1", T0 + 2,
+                             [Result(x, "sent", 250) for x in d[:4]], None)
+        self.assertEqual((done.sent, done.lost), (4, 0))
+        # The same results again (a commit retried after its answer was
+        # lost): their deliveries are gone, nothing is counted twice.
+        again = await self.go(record_results, "n1", T0 + 3,
+                              [Result(x, "sent", 250) for x in d[:4]], None)
+        self.assertEqual((again.sent, again.lost), (0, 4))
+        done = await self.go(record_results, "n1", T0 + 4, [Result(d[4], "sent", 250)], None)
+        self.assertEqual(done.sent, 1)
+        self.assertEqual([(c.id, c.sent, c.last_sent, c.left)
+                          for c in await self.go(message_counts)],
+                         [(fanout, 3, T0 + 2, {}), (single[0], 1, T0 + 2, {}),
+                          (single[1], 1, T0 + 4, {})])
+        self.assertEqual(await self.go(delivery_rows), [])
+        summary = await self.go(outbox_summary, T0 + 5)
+        self.assertEqual((summary.queued, summary.sending, summary.sent, summary.failed),
+                         (0, 0, 5, 0))
+        [only] = await self.go(message_counts, single[1])
+        self.assertEqual((only.id, only.sent), (single[1], 1))
+
+    async def test_purge(self):
+        """A message goes a day after its last copy was sent, not a day after it was made; failed ones stay."""
+        late = await self.go(enqueue, b"x\n", [("a@x.example", "s"), ("b@x.example", "s")], T0)
+        failing = await self.go(enqueue, b"y\n", [("c@x.example", "s"), ("d@x.example", "s")],
+                                T0)
+        d = await self.go(claim_due, self.store.dialect, "n1", T0, 10, 30)
+        await self.go(record_results, "n1", T0 + 10, [
+            Result(d[0], "sent", 250), Result(d[1], "queued", 451, "later", T0 + 7200),
+            Result(d[2], "sent", 250), Result(d[3], "failed", 550, "no")], None)
+        d = await self.go(claim_due, self.store.dialect, "n1", T0 + 7200, 10, 30)
+        await self.go(record_results, "n1", T0 + 7200, [Result(d[0], "sent", 250)], None)
+        await self.go(purge_finished, T0 + 3600)
+        self.assertEqual([(c.id, c.sent) for c in await self.go(message_counts)],
+                         [(late, 2), (failing, 1)])
+        await self.go(purge_finished, T0 + 7201)
+        self.assertEqual([(c.id, c.sent, c.left) for c in await self.go(message_counts)],
+                         [(failing, 1, {"failed": 1})])
+        self.assertIsNone(await self.go(read_body, late))
+        self.assertEqual(await self.go(outbox_body, failing), b"y\n")
 
     async def test_requeue(self):
         """requeue makes deferred deliveries due now and, asked to, failed ones queued again."""
@@ -200,8 +256,8 @@ class OutboxStoreMixin:
         self.assertEqual(await self.go(requeue_deliveries, T0 + 5), [d[0].id])
         self.assertEqual(await self.go(requeue_deliveries, T0 + 5, None, True), [d[2].id])
         rows = await self.go(delivery_rows)
-        self.assertEqual([r[2:4] for r in rows],
-                         [("queued", 1), ("queued", 1), ("queued", 0), ("sent", 1)])
+        self.assertEqual([r[2:4] for r in rows], [("queued", 1), ("queued", 1), ("queued", 0)])
+        self.assertEqual([c.sent for c in await self.go(message_counts)], [1])
         due = await self.go(claim_due, self.store.dialect, "n1", T0 + 5, 10, 30)
         self.assertEqual(len(due), 3)
 
@@ -253,3 +309,82 @@ class MigrationTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(store.migrate()), schema.latest_version())
         self.assertEqual(self.successResultOf(store.run(read_body, 1)),
                          (b"Subject: old\r\n\r\nold\r\n",))
+
+
+def migrate_to(dialect: str, version: int):
+    """Store program: the schema as it was at C{version} (migrations up to it only)."""
+    yield Exec("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for number, sql in schema.migrations():
+        if number > version:
+            break
+        for statement in schema.statements(sql, dialect):
+            yield Exec(statement)
+        yield Exec("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def old_outbox():
+    """
+    Store program, on the schema of version 6: a fan-out with two copies
+    sent (the last at T0 + 20), one queued and one failed; a message all
+    sent; one with nothing sent. Fires with their ids.
+    """
+    ids = []
+    for body, rows in ((b"fan-out\n", [("sent", T0 + 10), ("sent", T0 + 20), ("queued", None),
+                                       ("failed", T0 + 30)]),
+                       (b"done\n", [("sent", T0 + 5)]),
+                       (b"waiting\n", [("queued", None)])):
+        mid = yield Value("INSERT INTO outbox_messages (body, size, created, origin) "
+                          "VALUES (?, ?, ?, 'Q1') RETURNING id", (body, len(body), T0))
+        ids.append(mid)
+        for n, (state, finished) in enumerate(rows):
+            yield Exec(
+                "INSERT INTO outbox_deliveries (message_id, recipient, sender, state, "
+                "attempts, next_attempt, created, finished, last_code) "
+                "VALUES (?, ?, 's', ?, 1, ?, ?, ?, ?)",
+                (mid, f"u{n}@x.example", state, T0, T0, finished,
+                 {"sent": 250, "failed": 550}.get(state)))
+    return ids
+
+
+class SentCountsMigrationMixin:
+    """Migration 7 on a database with sent deliveries in it."""
+
+    async def make_store(self):
+        raise NotImplementedError
+
+    async def test_sent_deliveries_become_counts(self):
+        """Sent deliveries become their message's count and last time; the others stay as they were."""
+        store = await self.make_store()
+        await store.run(migrate_to, store.dialect, 6)
+        fanout, done, waiting = await store.run(old_outbox)
+        self.assertEqual(await store.migrate(), schema.latest_version())
+        self.assertEqual([(c.id, c.sent, c.last_sent, c.left)
+                          for c in await store.run(message_counts)],
+                         [(fanout, 2, T0 + 20, {"queued": 1, "failed": 1}),
+                          (done, 1, T0 + 5, {}),
+                          (waiting, 0, None, {"queued": 1})])
+        self.assertEqual([r[:4] for r in await store.run(delivery_rows)],
+                         [("u2@x.example", "s", "queued", 1),
+                          ("u3@x.example", "s", "failed", 1),
+                          ("u0@x.example", "s", "queued", 1)])
+        summary = await store.run(outbox_summary, T0)
+        self.assertEqual((summary.queued, summary.sent, summary.failed), (2, 3, 1))
+        # The queued deliveries are still claimed and sent as before.
+        claimed = await store.run(claim_due, store.dialect, "n1", T0 + 1, 10, 30)
+        self.assertEqual([d.message_id for d in claimed], [fanout, waiting])
+        await store.run(record_results, "n1", T0 + 40,
+                        [Result(d, "sent", 250) for d in claimed], None)
+        self.assertEqual([(c.sent, c.left) for c in await store.run(message_counts)],
+                         [(3, {"failed": 1}), (1, {}), (1, {})])
+
+
+class SQLiteSentCountsMigrationTests(SentCountsMigrationMixin, TestCase):
+    async def make_store(self):
+        return await make_sqlite_store(self, migrate=False)
+
+
+class PostgresSentCountsMigrationTests(SentCountsMigrationMixin, TestCase):
+    timeout = 60
+
+    async def make_store(self):
+        return await make_pg_store(self, migrate=False)

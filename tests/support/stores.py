@@ -96,8 +96,8 @@ def reset_pg_schema(dsn: str) -> None:
     conn.close()
 
 
-async def make_pg_store(testcase, size: int = 2):
-    """A started, migrated, empty PostgreSQL store closed at cleanup."""
+async def make_pg_store(testcase, size: int = 2, migrate: bool = True):
+    """A started, migrated (unless told not to), empty PostgreSQL store closed at cleanup."""
     from trackermail.store.postgres import PostgresStore
 
     dsn = test_database_dsn()
@@ -105,16 +105,18 @@ async def make_pg_store(testcase, size: int = 2):
     store = PostgresStore(dsn, size=size)
     testcase.addCleanup(store.close)
     await store.start()
-    await store.migrate()
+    if migrate:
+        await store.migrate()
     return store
 
 
-async def make_sqlite_store(testcase):
+async def make_sqlite_store(testcase, migrate: bool = True):
     path = os.path.join(testcase.mktemp() + ".d", "tracker.sqlite")
     store = SQLiteStore(path)
     testcase.addCleanup(store.close)
     await store.start()
-    await store.migrate()
+    if migrate:
+        await store.migrate()
     return store
 
 

@@ -17,6 +17,11 @@ node's deliveries when their lease runs out. Results are recorded only
 while the claim is still the node's own. On PostgreSQL the claim uses
 C{FOR UPDATE SKIP LOCKED}, so any number of nodes can share one outbox
 without sending anything twice.
+
+Results: a copy that was sent is deleted from C{outbox_deliveries} at once
+(far cheaper than updating an indexed row); its message counts the copies
+sent (C{outbox_messages.sent}, C{last_sent}) until it is purged, a day
+after its last copy went. Deliveries left are queued, sending or failed.
 """
 
 from __future__ import annotations
@@ -67,11 +72,29 @@ class Delivery:
 
 @dataclass(frozen=True)
 class OutboxSummary:
+    """
+    Deliveries by state, and the oldest due time. C{sent} counts the
+    copies sent of the messages still in the outbox (a sent copy's
+    delivery is gone at once; its message is purged a day after its last
+    copy went, or kept with its failed deliveries).
+    """
+
     queued: int
     sending: int
     sent: int
     failed: int
     oldest_due: float | None
+
+
+@dataclass(frozen=True)
+class MessageCounts:
+    """One outbox message: copies sent, when the last one went, deliveries left by state."""
+
+    id: int
+    origin: str
+    sent: int
+    last_sent: float | None
+    left: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -261,29 +284,19 @@ def outbox_body(message_id: int):
 # Two statements, each walking the (state, next_attempt, id) index: one
 # condition OR-ed with the other made PostgreSQL scan the whole table at
 # every claim (78 µs a delivery at 100,000 queued).
-_CLAIM_DUE = """
+_CLAIM = """
 UPDATE outbox_deliveries
 SET state = 'sending', claimed_by = ?, claimed_until = ?, attempts = attempts + 1
 WHERE {ids}(
     SELECT id FROM outbox_deliveries
-    WHERE state = 'queued' AND next_attempt <= ?
+    WHERE {which}
     ORDER BY state, next_attempt, id
     LIMIT ?{lock}
 ){close}
 RETURNING id, message_id, recipient, sender, attempts, created, prefix
 """
-
-_CLAIM_ABANDONED = """
-UPDATE outbox_deliveries
-SET state = 'sending', claimed_by = ?, claimed_until = ?, attempts = attempts + 1
-WHERE {ids}(
-    SELECT id FROM outbox_deliveries
-    WHERE state = 'sending' AND claimed_until <= ? AND claimed_by <> ?
-    ORDER BY state, next_attempt, id
-    LIMIT ?{lock}
-){close}
-RETURNING id, message_id, recipient, sender, attempts, created, prefix
-"""
+_DUE = "state = 'queued' AND next_attempt <= ?"
+_ABANDONED = "state = 'sending' AND claimed_until <= ? AND claimed_by <> ?"
 
 # PostgreSQL: "id = ANY(ARRAY(...))" makes the outer update look its rows up
 # by primary key; with "id IN (...)" it chose a hash join over the whole
@@ -312,9 +325,10 @@ def claim_due(dialect: str, node: str, now: float, limit: int, lease: float):
     together.
     """
     form = _CLAIM_FORMS[dialect]
-    rows = yield Rows(_CLAIM_ABANDONED.format(**form), (node, now + lease, now, node, limit))
+    rows = yield Rows(_CLAIM.format(which=_ABANDONED, **form),
+                      (node, now + lease, now, node, limit))
     if len(rows) < limit:
-        rows += yield Rows(_CLAIM_DUE.format(**form),
+        rows += yield Rows(_CLAIM.format(which=_DUE, **form),
                            (node, now + lease, now, limit - len(rows)))
     if not rows:
         return []
@@ -408,10 +422,17 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
                 f"DELETE FROM outbox_deliveries WHERE {_MINE} AND id IN ({_marks(len(group))}) "
                 "RETURNING message_id", (node, *group))):
             per_message[message_id] += 1
-    for message_id, n in sorted(per_message.items()):
-        yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? WHERE id = ?",
-                   (n, now, message_id))
+    # One update per distinct count, not per message: a commit of copies of
+    # many small messages (a copy each) is one statement, like a fan-out's.
+    by_count: dict[int, list[int]] = defaultdict(list)
+    for message_id, n in per_message.items():
+        by_count[n].append(message_id)
         done.sent += n
+    for n, message_ids in sorted(by_count.items()):
+        for group in _groups(sorted(message_ids)):
+            yield Exec(
+                "UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
+                f"WHERE id IN ({_marks(len(group))})", (n, now, *group))
     for (when, code, text), ids in deferred.items():
         for group in _groups(sorted(ids)):
             done.retried += yield Exec(
@@ -439,13 +460,15 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
 
 def purge_finished(before: float):
     """
-    Forget the messages made before C{before} that have no delivery left
-    (all their copies were sent): their bodies, chunks and counts of copies
-    sent. Failed deliveries, and so their messages, are kept for the
-    operator.
+    Forget the messages that have no delivery left (all their copies were
+    sent) and whose last copy went before C{before}: their bodies, chunks
+    and counts of copies sent. Failed deliveries, and so their messages,
+    are kept for the operator.
     """
+    # A message with nothing left and no copy sent (its deliveries deleted
+    # by hand) goes by its creation time.
     yield Exec(
-        "DELETE FROM outbox_messages WHERE created < ? AND NOT EXISTS "
+        "DELETE FROM outbox_messages WHERE COALESCE(last_sent, created) < ? AND NOT EXISTS "
         "(SELECT 1 FROM outbox_deliveries d WHERE d.message_id = outbox_messages.id)",
         (before,),
     )
@@ -571,3 +594,22 @@ def delivery_rows(message_id: int | None = None):
             (message_id,),
         )
     return [tuple(r) for r in rows]
+
+
+def message_counts(message_id: int | None = None):
+    """
+    A L{MessageCounts} per outbox message (all, or C{message_id}'s), in
+    order of id: how many copies were sent and how many deliveries are
+    left in each state. For tests and tools.
+    """
+    where, params = ("", ()) if message_id is None else (" WHERE id = ?", (message_id,))
+    messages = yield Rows(
+        f"SELECT id, origin, sent, last_sent FROM outbox_messages{where} ORDER BY id", params)
+    where = "" if message_id is None else " WHERE message_id = ?"
+    left: dict[int, dict[str, int]] = defaultdict(dict)
+    for mid, state, n in (yield Rows(
+            f"SELECT message_id, state, COUNT(*) FROM outbox_deliveries{where} "
+            "GROUP BY message_id, state", params)):
+        left[mid][state] = n
+    return [MessageCounts(mid, origin or "", sent, last_sent, left.get(mid, {}))
+            for mid, origin, sent, last_sent in messages]
