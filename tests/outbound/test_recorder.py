@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.stores import make_memory_store
 from trackermail.errors import StoreUnavailable
 from trackermail.outbound.recorder import Recorder
-from trackermail.store.outbox import Result, claim_due, delivery_rows, enqueue
+from trackermail.store.outbox import Result, claim_due, delivery_rows, enqueue, message_counts
 
 T0 = 1_000_000.0
 
@@ -55,6 +55,14 @@ class RecorderTests(SynchronousTestCase):
     def states(self):
         return [r[2] for r in self.successResultOf(self.store.run(delivery_rows))]
 
+    def left(self):
+        """The recipients of the deliveries still in the outbox."""
+        return [r[0] for r in self.successResultOf(self.store.run(delivery_rows))]
+
+    def sent(self):
+        """Copies sent, per message."""
+        return [c.sent for c in self.successResultOf(self.store.run(message_counts))]
+
     def test_interval(self):
         """Results are recorded together, interval seconds after the first."""
         for d in self.deliveries[:5]:
@@ -77,8 +85,11 @@ class RecorderTests(SynchronousTestCase):
         self.recorder.add(Result(self.deliveries[0], "sent", 250))
         self.assertEqual(self.recorded, [(1, 1)])
 
-    def test_one_statement_for_sent_results(self):
-        """All sent results of a commit are recorded by one statement."""
+    def test_two_statements_for_sent_results(self):
+        """All sent results of a commit are recorded by two statements: the deliveries deleted, their messages counting them."""
+        for i in range(100):
+            self.store.run(enqueue, b"Subject: y\n\ny\n", [(f"v{i}@example.org", "s")], T0)
+        singles = self.successResultOf(self.store.run(claim_due, "sqlite", "n1", T0, 100, 30))
         statements = []
         from trackermail.store import sqlite
 
@@ -92,7 +103,14 @@ class RecorderTests(SynchronousTestCase):
         self.addCleanup(setattr, sqlite._driver, "_execute", execute)
         for d in self.deliveries[:100]:
             self.recorder.add(Result(d, "sent", 250))
-        self.assertEqual(statements, ["UPDATE"])
+        self.assertEqual(statements, ["DELETE", "UPDATE"])
+        del statements[:]
+        # A copy each of 100 messages: still one update for all of them.
+        for d in singles:
+            self.recorder.add(Result(d, "sent", 250))
+        self.assertEqual(statements, ["DELETE", "UPDATE"])
+        self.assertEqual(self.sent(), [100] + [1] * 100)
+        self.assertEqual(len(self.left()), 200)
 
     def test_store_away(self):
         """While the store is away the results are kept, and recorded when it is back."""
@@ -106,7 +124,9 @@ class RecorderTests(SynchronousTestCase):
         self.down = None
         self.clock.advance(30)
         self.assertEqual(self.recorded, [(2, 2)])
-        self.assertEqual(self.states()[:3], ["sent", "sent", "sending"])
+        self.assertEqual(self.left()[:1], ["u2@example.org"])
+        self.assertEqual(len(self.left()), 298)
+        self.assertEqual(self.sent(), [2])
 
     def test_bug_in_the_bounce_policy(self):
         """A result the bounce policy cannot handle is recorded without it; the others are not held up."""

@@ -17,7 +17,9 @@ from trackermail.store.outbox import (
     claim_due,
     delivery_rows,
     enqueue,
+    message_counts,
     outbox_summary,
+    read_body,
 )
 from trackermail.store.sql import Exec, Rows, Value
 
@@ -26,8 +28,14 @@ T0 = 1_000_000.0
 
 
 def states(testcase, store):
+    """(recipient, state, attempts) of the deliveries left: a sent copy's is gone."""
     rows = testcase.successResultOf(store.run(delivery_rows))
     return [(r[0], r[2], r[3]) for r in rows]
+
+
+def sent_counts(testcase, store):
+    """How many copies of each outbox message were sent, in order of the messages."""
+    return [c.sent for c in testcase.successResultOf(store.run(message_counts))]
 
 
 def claims(testcase, store):
@@ -76,15 +84,15 @@ class SenderMixin:
 
 class SenderTests(SenderMixin, SynchronousTestCase):
     def test_sends_queued_deliveries(self):
-        """Queued deliveries are sent with their own envelope sender and marked sent."""
+        """Queued deliveries are sent with their own envelope sender, then forgotten: their message counts them."""
         self.enqueue("a@example.org", "b@example.org", prefix=b"X-Extra: 1\r\n")
         self.start()
         self.assertEqual([(m.mail_from, m.recipients, m.data) for m in self.transport.sent], [
             ("bounces+a@t.example", ["a@example.org"], b"X-Extra: 1\r\n" + BODY),
             ("bounces+b@t.example", ["b@example.org"], b"X-Extra: 1\r\n" + BODY),
         ])
-        self.assertEqual(states(self, self.store),
-                         [("a@example.org", "sent", 1), ("b@example.org", "sent", 1)])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [2])
 
     def test_wakes_on_new_work(self):
         """An idle sender sends new deliveries as soon as they are committed."""
@@ -106,22 +114,25 @@ class SenderTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(len(self.transport.sent), 2)
         self.clock.advance(119)
         self.assertEqual(len(self.transport.sent), 2)
+        self.assertEqual(sent_counts(self, self.store), [0])
         self.clock.advance(1)
-        self.assertEqual(states(self, self.store), [("a@example.org", "sent", 3)])
+        self.assertEqual(len(self.transport.sent), 3)
+        self.assertEqual(self.transport.delivered, [("bounces+a@t.example", "a@example.org")])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [1])
 
     def test_permanent_rcpt_failure_counts_after_a_short_hold(self):
         """A 5xx at RCPT is held for 10 s, then fails the delivery and goes to the bounce hook."""
         self.transport.script("a@example.org", (550, "5.1.1 no such user"))
         self.enqueue("b@example.org", "a@example.org")
         self.start()
-        self.assertEqual(states(self, self.store),
-                         [("b@example.org", "sent", 1), ("a@example.org", "sending", 1)])
+        self.assertEqual(states(self, self.store), [("a@example.org", "sending", 1)])
+        self.assertEqual(sent_counts(self, self.store), [1])
         self.assertEqual(self.failures, [])
         self.clock.advance(10)
-        self.assertEqual(states(self, self.store),
-                         [("b@example.org", "sent", 1), ("a@example.org", "failed", 1)])
+        self.assertEqual(states(self, self.store), [("a@example.org", "failed", 1)])
         rows = self.successResultOf(self.store.run(delivery_rows))
-        self.assertEqual(rows[1][4:], (550, "5.1.1 no such user"))
+        self.assertEqual(rows[0][4:], (550, "5.1.1 no such user"))
         self.assertEqual(self.failures, [("a@example.org", 550)])
 
     def test_held_refusal_is_released_by_a_later_success(self):
@@ -129,8 +140,9 @@ class SenderTests(SenderMixin, SynchronousTestCase):
         self.transport.script("a@example.org", (550, "5.1.1 no such user"))
         self.enqueue("a@example.org", "b@example.org")
         self.start()
-        self.assertEqual(states(self, self.store),
-                         [("a@example.org", "failed", 1), ("b@example.org", "sent", 1)])
+        self.assertEqual(states(self, self.store), [("a@example.org", "failed", 1)])
+        self.assertEqual(self.transport.delivered, [("bounces+b@t.example", "b@example.org")])
+        self.assertEqual(sent_counts(self, self.store), [1])
         self.assertEqual(self.failures, [("a@example.org", 550)])
 
     def test_gives_up_after_the_limit(self):
@@ -202,7 +214,8 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(self.commits, [])
         self.clock.advance(0.1)
         self.assertEqual(self.commits, [4])
-        self.assertEqual([s for _, s, _ in states(self, self.store)].count("sent"), 4)
+        self.assertEqual(sent_counts(self, self.store), [4])
+        self.assertEqual([s for _, s, _ in states(self, self.store)], ["sending"] * 6)
 
     def test_last_result_is_recorded_at_once(self):
         """When nothing else is in flight, the results are recorded without waiting."""
@@ -210,7 +223,8 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.start()
         self.transport.release()
         self.assertEqual(self.commits, [10])
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [10])
 
     def test_500_results_make_a_commit(self):
         """Every 500 results are recorded at once, without waiting for the timer."""
@@ -244,11 +258,12 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.transport.release()
         for _ in range(50):
             self.clock.advance(1)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sending"})
+        self.assertEqual([s for _, s, _ in states(self, self.store)], ["sending"] * 2)
+        self.assertEqual(sent_counts(self, self.store), [0])
         down["on"] = False
         self.clock.advance(30)
-        self.assertEqual(states(self, self.store),
-                         [("a@example.org", "sent", 1), ("b@example.org", "sent", 1)])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [2])
         self.assertEqual([m.recipients for m in self.transport.sent],
                          [["a@example.org"], ["b@example.org"]])
 
@@ -264,8 +279,8 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(len(self.transport.sent), 1)
         self.assertEqual(states(self, self.store), [
-            ("u0@example.org", "sent", 1), ("u1@example.org", "queued", 0),
-            ("u2@example.org", "queued", 0)])
+            ("u1@example.org", "queued", 0), ("u2@example.org", "queued", 0)])
+        self.assertEqual(sent_counts(self, self.store), [1, 0, 0])
 
     def test_transport_answering_nonsense(self):
         """A transport answering something else than replies is a temporary failure of the copy."""
@@ -285,7 +300,8 @@ class GroupCommitTests(SenderMixin, SynchronousTestCase):
         self.assertNoResult(d)
         self.transport.release()
         self.successResultOf(d)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [2])
 
 
 class BodyTests(SenderMixin, SynchronousTestCase):
@@ -309,7 +325,8 @@ class BodyTests(SenderMixin, SynchronousTestCase):
         want = sorted((r, b) for b in bodies for r in ("a@x.example", "b@y.example",
                                                         "c@z.example"))
         self.assertEqual(got, want)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [3, 3, 3, 3])
         self.assertEqual(self.failures, [])
 
     def test_body_budget_bounds_what_is_in_flight(self):
@@ -323,7 +340,8 @@ class BodyTests(SenderMixin, SynchronousTestCase):
         while self.transport.release():
             pass
         self.assertEqual(len(self.transport.sent), 5)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [1] * 5)
 
     def test_fan_out_shares_one_body(self):
         """The copies of a fan-out share the body: one read, all in flight at once."""
@@ -393,7 +411,8 @@ class LeaseTests(SenderMixin, SynchronousTestCase):
         self.start()
         self.assertEqual(sorted(r for m in self.transport.sent for r in m.recipients),
                          ["a@example.org", "b@example.org"])
-        self.assertEqual([a for _, _, a in states(self, self.store)], [2, 2])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [2])
 
     def test_dead_nodes_claims_are_taken_over_when_the_lease_ends(self):
         """Another node's claims are taken over when their lease ends, without waiting for a poll."""
@@ -404,7 +423,8 @@ class LeaseTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(self.transport.sent, [])
         self.clock.advance(0.1)
         self.assertEqual([m.recipients for m in self.transport.sent], [["a@example.org"]])
-        self.assertEqual(states(self, self.store), [("a@example.org", "sent", 2)])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [1])
 
     def test_leases_are_renewed_while_sending(self):
         """A slow transaction keeps its lease: renewed every lease/3 once it is older than that, never taken over."""
@@ -419,8 +439,10 @@ class LeaseTests(SenderMixin, SynchronousTestCase):
         for _ in range(12):
             self.clock.advance(10)
         self.assertEqual(self.claim("other"), [])
+        self.assertEqual(states(self, self.store), [("a@example.org", "sending", 1)])
         self.transport.release()
-        self.assertEqual(states(self, self.store), [("a@example.org", "sent", 1)])
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sent_counts(self, self.store), [1])
 
     def test_result_of_a_delivery_taken_over_is_not_recorded(self):
         """If another node took a delivery over, the late result does not overwrite its state."""
@@ -464,8 +486,8 @@ class TwoNodesOnPostgresTests(TestCase):
 
 
 class PurgeTests(SynchronousTestCase):
-    def test_sent_deliveries_are_purged_after_a_day(self):
-        """Sent deliveries, their bodies and chunks go a day later; failed ones stay."""
+    def test_sent_messages_are_purged_after_a_day(self):
+        """Sent copies are forgotten at once; their messages, bodies and chunks a day later; failed ones stay."""
         clock = Clock()
         clock.advance(T0)
         store = make_memory_store(self)
@@ -478,9 +500,15 @@ class PurgeTests(SynchronousTestCase):
         store.run(enqueue, big, [("c@example.org", "s")], clock.seconds())
         sender.startService()
         self.addCleanup(sender.stopService)
-        self.assertEqual([s[1] for s in states(self, store)], ["sent", "failed", "sent"])
-        clock.advance(86400 + 3600)
         self.assertEqual(states(self, store), [("bad@example.org", "failed", 1)])
+        self.assertEqual(sent_counts(self, store), [1, 1])
+        clock.advance(86400 - 1)
+        self.assertEqual(sent_counts(self, store), [1, 1])
+        clock.advance(3601)
+        self.assertEqual(states(self, store), [("bad@example.org", "failed", 1)])
+        [kept] = self.successResultOf(store.run(message_counts))
+        self.assertEqual((kept.sent, kept.left), (1, {"failed": 1}))
+        self.assertIsNone(self.successResultOf(store.run(read_body, kept.id + 1)))
         count = self.successResultOf(store.run(lambda: (yield Value(
             "SELECT COUNT(*) FROM outbox_chunks"))))
         self.assertEqual(count, 0)
