@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.outbound.test_sender import T0, SenderMixin, states
+from tests.outbound.test_sender import T0, SenderMixin, sent_counts, states
 from trackermail import metrics
 from trackermail.outbound.interface import (
     CONNECT,
@@ -182,7 +182,9 @@ class SenderSmarthostTests(SenderMixin, SynchronousTestCase):
         for r in rcpts:
             self.transport._per_recipient[r].clear()
         self.clock.advance(600)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sorted(r for _, r in self.transport.delivered), sorted(rcpts))
+        self.assertEqual(sent_counts(self, self.store), [6])
         self.assertIsNone(sender.watch.refusing)
 
     def test_identical_refusals_across_domains_defer(self):
@@ -205,7 +207,10 @@ class SenderSmarthostTests(SenderMixin, SynchronousTestCase):
         self.assertEqual({s for _, s, _ in states(self, self.store)}, {"queued"})
         self.assertEqual(self.sender.watch.refusing, "connect")
         self.clock.advance(60)
-        self.assertEqual({s for _, s, _ in states(self, self.store)}, {"sent"})
+        self.assertEqual(states(self, self.store), [])
+        self.assertEqual(sorted(r for _, r in self.transport.delivered),
+                         ["a@x.example", "b@y.example", "c@z.example"])
+        self.assertEqual(sent_counts(self, self.store), [3])
         self.assertIsNone(self.sender.watch.refusing)
 
     def test_stop_while_holding(self):

@@ -10,11 +10,13 @@ Ports and polling for tests that use real sockets or processes.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from typing import Any, Callable
 
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 
 
 def listen_local(testcase, factory: Any) -> int:
@@ -39,10 +41,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 
 async def poll(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.05) -> Any:
-    """L{wait_until} without blocking the reactor."""
+    """
+    L{wait_until} without blocking the reactor; C{predicate} may also
+    return a Deferred or a coroutine (e.g. a question to a store).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if isinstance(value, Deferred) or inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
