@@ -3,9 +3,10 @@
 Group commits of delivery results.
 
 The sender hands each result over as it arrives; they are recorded together
-in one store transaction (L{record_results}: one statement for all the sent
-ones) when C{size} results are waiting, C{interval} seconds after the first
-one, or at once when no other delivery is in flight. So a SIGKILL re-sends
+in one store transaction (L{record_results}: the sent ones' deliveries
+deleted by one statement, their messages' counts raised by another) when
+C{size} results are waiting, C{interval} seconds after the first one, or
+at once when no other delivery is in flight. So a SIGKILL re-sends
 at most the deliveries in flight and the results of the last C{interval}.
 
 While a commit runs, new results wait for the next one. A commit that fails

@@ -273,9 +273,10 @@ class OutboxSender(service.Service):
 
     async def _purge_if_due(self) -> None:
         """
-        Forget sent deliveries (and unused bodies) a day after they went
-        out, at most once an hour: the outbox is a queue, not an archive.
-        Failed deliveries stay for the operator.
+        Forget messages (bodies, counts of copies sent) a day after their
+        last copy went out, at most once an hour: the outbox is a queue, not
+        an archive. A sent copy's delivery is gone already; failed ones
+        stay for the operator.
         """
         now = self.clock.seconds()
         if now - self._last_purge < 3600:
@@ -284,7 +285,7 @@ class OutboxSender(service.Service):
         try:
             await self.store.run(purge_finished, now - self.keep_sent)
         except Exception as e:
-            log.error("cannot purge sent deliveries: {error}", error=str(e))
+            log.error("cannot purge sent messages: {error}", error=str(e))
 
     async def _next_wakeup_in(self) -> float:
         try:
