@@ -7,7 +7,7 @@ For each backend (SQLite, PostgreSQL) and each scenario, it:
   2. starts Postfix's smtp-sink (or a Twisted sink when Postfix is missing)
      as the smarthost and `twistd -n tracker` as a child process,
   3. sends M messages to dispatch+pkg_bts@ over LMTP (one connection),
-  4. waits until the store has recorded all M x N deliveries as sent.
+  4. waits until the outbox messages count all M x N copies as sent.
 
 It reports deliveries/s (from the first 250 to the last recorded copy), the
 tracker's CPU seconds per 1,000 deliveries, on PostgreSQL the CPU seconds
@@ -282,19 +282,17 @@ def run_scenario(backend: str, messages: int, subscribers: int, size: int,
         deadline = time.time() + timeout
         sent = 0
         while time.time() < deadline:
-            sent = db.scalar(conn, "SELECT COUNT(*) FROM outbox_deliveries WHERE state = 'sent'")
+            # A sent copy's delivery is deleted and counted on its message:
+            # a sum over M rows, cheap enough to poll often.
+            sent = db.scalar(conn, "SELECT COALESCE(SUM(sent), 0) FROM outbox_messages") or 0
             if sent >= total:
                 break
-            # The count scans the table: polled gently, it loads the
-            # database (and the machine) less than what is measured.
-            time.sleep(0.2)
+            time.sleep(0.05)
         finished = time.time()
         cpu = tracker.cpu_seconds() - cpu0
         database_cpu = db_cpu.stop()
         rss = tracker.peak_rss_mib()
-        last = db.rows(conn, "SELECT m.id, MAX(d.finished) FROM outbox_messages m "
-                             "JOIN outbox_deliveries d ON d.message_id = m.id GROUP BY m.id "
-                             "ORDER BY m.id")
+        last = db.rows(conn, "SELECT id, last_sent FROM outbox_messages ORDER BY id")
         bodies = 1 if db.scalar(conn, "SELECT COUNT(*) FROM outbox_messages") == messages else 0
         conn.close()
         # Messages are processed concurrently: pair the i-th 250 with the

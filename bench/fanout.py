@@ -227,7 +227,8 @@ async def _row_sender(ctx: RowContext, backend: str) -> RowResult:
     """
     The outbox sender as it runs in the tracker: deliveries queued in the
     store (one body, a VERP sender each) are claimed, sent through the pool
-    and marked sent. Queueing is not timed; sending and recording are.
+    and recorded as sent (deleted, counted on their message). Queueing is
+    not timed; sending and recording are.
     """
     from twisted.internet import reactor
 
