@@ -3,7 +3,8 @@
 Control bot benchmark: subscribe + confirm round trips per second.
 
 Starts a real tracker process (as bench/e2e.py does) per backend, then:
-  1. sends K `subscribe pkgN` mails from K different users over LMTP and
+  1. sends K `subscribe pkgN` mails from K different users over LMTP (on
+     --connections connections at once, default 10, as an MTA does) and
      waits until the K confirmation keys are in the store (and the K replies
      plus K CONFIRM mails have been handed to the sink);
   2. sends K `confirm KEY` mails and waits until the K subscriptions are
@@ -25,6 +26,7 @@ import smtplib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,13 +36,25 @@ from e2e import FQDN, PYTHON, ROOT, SEED, Database, Tracker  # noqa: E402
 from fanout import Sink  # noqa: E402
 
 
-def send_all(port: int, mails: list[tuple[str, bytes]]) -> None:
-    client = smtplib.LMTP("127.0.0.1", port)
-    try:
-        for sender, data in mails:
-            client.sendmail(sender, [f"control@{FQDN}"], data)
-    finally:
-        client.quit()
+def send_all(port: int, mails: list[tuple[str, bytes]], connections: int = 1) -> None:
+    """
+    Send the mails over C{connections} LMTP connections at once, the way an
+    MTA in front delivers (Postfix opens up to 20 to one LMTP destination).
+    """
+    def send(part: list[tuple[str, bytes]]) -> None:
+        client = smtplib.LMTP("127.0.0.1", port)
+        try:
+            for sender, data in part:
+                client.sendmail(sender, [f"control@{FQDN}"], data)
+        finally:
+            client.quit()
+
+    parts = [mails[i::connections] for i in range(connections)]
+    threads = [threading.Thread(target=send, args=(part,)) for part in parts if part]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def wait_for(db, conn, sql: str, count: int, timeout: float) -> bool:
@@ -52,7 +66,7 @@ def wait_for(db, conn, sql: str, count: int, timeout: float) -> bool:
     return False
 
 
-def run(backend: str, k: int, sink_kind: str, timeout: float) -> dict:
+def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) -> dict:
     tmp = tempfile.mkdtemp(prefix="trackermail-control-")
     db = Database(backend, tmp)
     sink = Sink(sink_kind)
@@ -68,7 +82,7 @@ def run(backend: str, k: int, sink_kind: str, timeout: float) -> dict:
             for i, u in enumerate(users)
         ]
         t0 = time.time()
-        send_all(tracker.lmtp_port, requests)
+        send_all(tracker.lmtp_port, requests, connections)
         ok1 = wait_for(db, conn, "SELECT COUNT(*) FROM confirmations", k, timeout)
         t1 = time.time()
         keys = dict(db.rows(conn, "SELECT email_lower, confirm_key FROM confirmations"))
@@ -78,12 +92,13 @@ def run(backend: str, k: int, sink_kind: str, timeout: float) -> dict:
                  ).encode())
             for i, u in enumerate(users)
         ]
-        send_all(tracker.lmtp_port, confirms)
+        send_all(tracker.lmtp_port, confirms, connections)
         ok2 = wait_for(db, conn, "SELECT COUNT(*) FROM subscriptions WHERE active", k, timeout)
         t2 = time.time()
         conn.close()
         return {
-            "backend": backend, "mails": 2 * k, "complete": ok1 and ok2,
+            "backend": backend, "mails": 2 * k, "connections": connections,
+            "complete": ok1 and ok2,
             "subscribe_per_s": round(k / (t1 - t0), 1),
             "confirm_per_s": round(k / (t2 - t1), 1),
             "overall_per_s": round(2 * k / (t2 - t0), 1),
@@ -102,9 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--sink", default="auto", choices=["auto", "postfix", "twisted"])
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--connections", type=int, default=10,
+                        help="LMTP connections sending at once (1: one mail after the other)")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "control.json"))
     args = parser.parse_args(argv)
-    results = [run(b, args.mails, args.sink, args.timeout) for b in args.backends.split(",")]
+    results = [run(b, args.mails, args.sink, args.timeout, args.connections)
+               for b in args.backends.split(",")]
     print(f"{'backend':<12}{'mails':>7}{'subscribe/s':>13}{'confirm/s':>11}{'overall/s':>11}")
     for r in results:
         flag = "" if r["complete"] else "  INCOMPLETE"

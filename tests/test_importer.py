@@ -14,6 +14,7 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
+from tests.support.terminal import on_terminal
 from trackermail.importer import (
     DumpError,
     ImportResult,
@@ -333,25 +334,8 @@ class ImportCommandTests(SynchronousTestCase):
 
     def test_progress_bar_on_a_terminal(self):
         """On a terminal the command draws a progress bar that ends at 100%."""
-        master, slave = os.openpty()
-        try:
-            result = self.cli("import-distro-tracker", fixture("subscribers.txt"),
-                              stderr=slave)
-            os.close(slave)
-            slave = None
-            output = b""
-            while True:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
-        finally:
-            if slave is not None:
-                os.close(slave)
-            os.close(master)
+        result, output = on_terminal(lambda fd: self.cli(
+            "import-distro-tracker", fixture("subscribers.txt"), stderr=fd))
         self.assertEqual(result.returncode, 0)
         self.assertIn(b"100.0%", output)
         self.assertIn(b"[" + b"#" * 40 + b"]", output)

@@ -14,6 +14,7 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
+from tests.support.terminal import on_terminal
 from trackermail.distro_tracker import (
     Membership,
     PackageSetting,
@@ -471,24 +472,7 @@ class ExportCommandTests(SynchronousTestCase):
 
     def test_progress_bar_on_a_terminal(self):
         """On a terminal the export import draws a progress bar that ends at 100%."""
-        master, slave = os.openpty()
-        try:
-            result = self.cli("import-distro-tracker", self.path, stderr=slave)
-            os.close(slave)
-            slave = None
-            output = b""
-            while True:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
-        finally:
-            if slave is not None:
-                os.close(slave)
-            os.close(master)
+        result, output = on_terminal(lambda fd: self.cli("import-distro-tracker", self.path, stderr=fd))
         self.assertEqual(result.returncode, 0)
         self.assertIn(b"[" + b"#" * 40 + b"] 100.0%", output)
 

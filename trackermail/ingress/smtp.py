@@ -58,6 +58,14 @@ HIGH_WATER = 1024 * 1024
 #: How often the data rate of a DATA phase is checked (seconds).
 RATE_CHECK = 10.0
 
+#: Replies every transaction gets, as they go on the wire.
+_COMMON_REPLIES = {
+    (250, b"2.1.0 Ok"): b"250 2.1.0 Ok\r\n",
+    (250, b"2.1.5 Ok"): b"250 2.1.5 Ok\r\n",
+    (250, b"2.0.0 Ok"): b"250 2.0.0 Ok\r\n",
+    (354, b"End data with <CR><LF>.<CR><LF>"): b"354 End data with <CR><LF>.<CR><LF>\r\n",
+}
+
 _TOO_BIG = (552, b"5.3.4 Error: message file too big")
 _WRITE_ERROR = (451, b"4.3.0 Error: queue file write error")
 
@@ -181,6 +189,12 @@ class IngressProtocol(ESMTP):
         Send a reply, giving every line an enhanced status code
         (ENHANCEDSTATUSCODES) unless it already has one.
         """
+        wire = _COMMON_REPLIES.get((code, message))
+        if wire is not None:
+            # The replies of every transaction, rendered once.
+            if not self._lost:
+                self.transport.write(wire)
+            return
         if isinstance(message, str):
             message = message.encode("utf-8", "replace")
         if code not in _NO_STATUS:

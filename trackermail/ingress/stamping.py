@@ -68,10 +68,12 @@ class DataDecoder:
         return out, rest
 
 
+_UNPRINTABLE = re.compile(rb"[^!-'*-\[\]-~]")
+
+
 def printable(value: bytes, limit: int = 255) -> str:
-    """Text safe for a header comment: printable ASCII, no parentheses."""
-    text = value[:limit].decode("ascii", "replace")
-    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in text) or "unknown"
+    """Text safe for a header comment: printable ASCII, no parentheses or backslashes."""
+    return _UNPRINTABLE.sub(b"?", value[:limit]).decode("ascii") or "unknown"
 
 
 def peer_description(address: Any) -> tuple[bytes, str]:
