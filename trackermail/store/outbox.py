@@ -73,10 +73,8 @@ class Delivery:
 @dataclass(frozen=True)
 class OutboxSummary:
     """
-    Deliveries by state, and the oldest due time. C{sent} counts the
-    copies sent of the messages still in the outbox (a sent copy's
-    delivery is gone at once; its message is purged a day after its last
-    copy went, or kept with its failed deliveries).
+    Deliveries by state, and the oldest due time; C{sent}: the copies sent
+    of the messages not purged yet (see L{purge_finished}).
     """
 
     queued: int
@@ -422,17 +420,20 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
                 f"DELETE FROM outbox_deliveries WHERE {_MINE} AND id IN ({_marks(len(group))}) "
                 "RETURNING message_id", (node, *group))):
             per_message[message_id] += 1
-    # One update per distinct count, not per message: a commit of copies of
-    # many small messages (a copy each) is one statement, like a fan-out's.
-    by_count: dict[int, list[int]] = defaultdict(list)
-    for message_id, n in per_message.items():
-        by_count[n].append(message_id)
+    # Messages are updated in order of id (nodes sharing a fan-out lock its
+    # rows in the same order: no deadlock), one statement for each run of
+    # messages with the same count: a commit of copies of many small
+    # messages (a copy each) is one statement, like a fan-out's.
+    runs: list[tuple[int, list[int]]] = []
+    for message_id, n in sorted(per_message.items()):
         done.sent += n
-    for n, message_ids in sorted(by_count.items()):
-        for group in _groups(sorted(message_ids)):
-            yield Exec(
-                "UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
-                f"WHERE id IN ({_marks(len(group))})", (n, now, *group))
+        if runs and runs[-1][0] == n and len(runs[-1][1]) < 500:
+            runs[-1][1].append(message_id)
+        else:
+            runs.append((n, [message_id]))
+    for n, ids in runs:
+        yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
+                   f"WHERE id IN ({_marks(len(ids))})", (n, now, *ids))
     for (when, code, text), ids in deferred.items():
         for group in _groups(sorted(ids)):
             done.retried += yield Exec(
@@ -481,8 +482,7 @@ def outbox_summary(now: float):
     """Counts by state and the oldest due time (cheap: for metrics)."""
     rows = yield Rows("SELECT state, COUNT(*) FROM outbox_deliveries GROUP BY state")
     counts = dict(rows)
-    # Sent copies are gone from the deliveries; their messages count them
-    # until the messages are purged (a day after they went out).
+    # Sent copies are gone from the deliveries: their messages count them.
     counts["sent"] = (yield Value("SELECT COALESCE(SUM(sent), 0) FROM outbox_messages")) or 0
     oldest = yield Value(
         "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
