@@ -18,16 +18,16 @@ while the claim is still the node's own. On PostgreSQL the claim uses
 C{FOR UPDATE SKIP LOCKED}, so any number of nodes can share one outbox
 without sending anything twice.
 
-Results: a copy that was sent is deleted from C{outbox_deliveries} at once
-(far cheaper than updating an indexed row); its message counts the copies
-sent (C{outbox_messages.sent}, C{last_sent}) until it is purged, a day
-after its last copy went. Deliveries left are queued, sending or failed.
+Results: a sent copy's delivery is deleted at once (far cheaper than an
+update of an indexed row); its message counts the copies sent (C{sent},
+C{last_sent}) until it is purged, a day after its last copy went.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -399,13 +399,13 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
     Fires with a L{Recorded}.
     """
     done = Recorded()
-    sent: dict[int, list[int]] = defaultdict(list)
+    sent: list[int] = []
     deferred: dict[tuple, list[int]] = defaultdict(list)
     released: list[int] = []
     failed: list[Result] = []
     for r in results:
         if r.state == "sent":
-            sent[r.code].append(r.delivery.id)
+            sent.append(r.delivery.id)
         elif r.state == "queued":
             deferred[(r.next_attempt, r.code, r.text[:_ERROR_MAX])].append(r.delivery.id)
         elif r.state == "released":
@@ -415,7 +415,7 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
     # A sent copy is deleted, not updated (the update of an indexed row cost
     # eight times as much): its message counts the copies sent.
     per_message: dict[int, int] = defaultdict(int)
-    for group in _groups(sorted(i for ids in sent.values() for i in ids)):
+    for group in _groups(sorted(sent)):
         for (message_id,) in (yield Rows(
                 f"DELETE FROM outbox_deliveries WHERE {_MINE} AND id IN ({_marks(len(group))}) "
                 "RETURNING message_id", (node, *group))):
@@ -424,16 +424,11 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
     # rows in the same order: no deadlock), one statement for each run of
     # messages with the same count: a commit of copies of many small
     # messages (a copy each) is one statement, like a fan-out's.
-    runs: list[tuple[int, list[int]]] = []
-    for message_id, n in sorted(per_message.items()):
-        done.sent += n
-        if runs and runs[-1][0] == n and len(runs[-1][1]) < 500:
-            runs[-1][1].append(message_id)
-        else:
-            runs.append((n, [message_id]))
-    for n, ids in runs:
-        yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
-                   f"WHERE id IN ({_marks(len(ids))})", (n, now, *ids))
+    for n, run in groupby(sorted(per_message.items()), key=lambda item: item[1]):
+        for group in _groups([message_id for message_id, _ in run]):
+            done.sent += n * len(group)
+            yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
+                       f"WHERE id IN ({_marks(len(group))})", (n, now, *group))
     for (when, code, text), ids in deferred.items():
         for group in _groups(sorted(ids)):
             done.retried += yield Exec(
@@ -466,8 +461,7 @@ def purge_finished(before: float):
     and counts of copies sent. Failed deliveries, and so their messages,
     are kept for the operator.
     """
-    # A message with nothing left and no copy sent (its deliveries deleted
-    # by hand) goes by its creation time.
+    # A message with no copy sent (its deliveries deleted by hand): by its creation.
     yield Exec(
         "DELETE FROM outbox_messages WHERE COALESCE(last_sent, created) < ? AND NOT EXISTS "
         "(SELECT 1 FROM outbox_deliveries d WHERE d.message_id = outbox_messages.id)",
@@ -582,25 +576,16 @@ def requeue_deliveries(now: float, ids: Sequence[int] | None = None, failed: boo
 
 def delivery_rows(message_id: int | None = None):
     """(recipient, sender, state, attempts, last_code, last_error) rows, for tests and tools."""
-    if message_id is None:
-        rows = yield Rows(
-            "SELECT recipient, sender, state, attempts, last_code, last_error "
-            "FROM outbox_deliveries ORDER BY id"
-        )
-    else:
-        rows = yield Rows(
-            "SELECT recipient, sender, state, attempts, last_code, last_error "
-            "FROM outbox_deliveries WHERE message_id = ? ORDER BY id",
-            (message_id,),
-        )
+    where, params = ("", ()) if message_id is None else (" WHERE message_id = ?", (message_id,))
+    rows = yield Rows("SELECT recipient, sender, state, attempts, last_code, last_error "
+                      f"FROM outbox_deliveries{where} ORDER BY id", params)
     return [tuple(r) for r in rows]
 
 
 def message_counts(message_id: int | None = None):
     """
-    A L{MessageCounts} per outbox message (all, or C{message_id}'s), in
-    order of id: how many copies were sent and how many deliveries are
-    left in each state. For tests and tools.
+    A L{MessageCounts} per outbox message (all, or C{message_id}'s) in order
+    of id: copies sent, deliveries left by state. For tests and tools.
     """
     where, params = ("", ()) if message_id is None else (" WHERE id = ?", (message_id,))
     messages = yield Rows(
