@@ -47,7 +47,8 @@ sys.path.insert(0, HERE)
 
 from _common import free_port, scratch_pg_database  # noqa: E402
 
-from trackermail.store.outbox import enqueue, outbox_summary
+from trackermail.store.outbox import enqueue
+from trackermail.store.outbox_report import outbox_summary
 
 # -- the sink ----------------------------------------------------------------
 

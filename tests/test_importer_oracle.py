@@ -38,7 +38,7 @@ from trackermail.processing import Processor
 from trackermail.service import default_handlers
 from trackermail.store.keywords import default_keywords
 from trackermail.store.keywords import keywords as all_keywords
-from trackermail.store.outbox import delivery_rows
+from trackermail.store.outbox_report import delivery_rows
 from trackermail.store.subscriptions import (
     is_subscribed,
     subscription_keywords,

@@ -18,7 +18,8 @@ from trackermail.bounces.policy import permanent_failure
 from trackermail.errors import PermanentFailure, StoreUnavailable
 from trackermail.outbound.sender import OutboxSender
 from trackermail.store.bounce_stats import record_sent
-from trackermail.store.outbox import OutboxSummary, enqueue
+from trackermail.store.outbox import enqueue
+from trackermail.store.outbox_report import OutboxSummary
 from trackermail.store.subscriptions import subscribe, subscriptions_of
 
 DAY = 86400

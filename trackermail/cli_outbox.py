@@ -14,7 +14,11 @@ from trackermail.cli_support import (
     format_age,
     run_with_store,
 )
-from trackermail.store.outbox import OutboxReport, outbox_report, requeue_deliveries
+from trackermail.store.outbox_report import (
+    OutboxReport,
+    outbox_report,
+    requeue_deliveries,
+)
 
 
 def _until(when: float | None, now: float) -> str:

@@ -37,7 +37,7 @@ from trackermail.errors import TemporaryFailure
 from trackermail.ingress.spool import writable_problem
 from trackermail.signing import InvalidToken, parse_subscription_token
 from trackermail.store.ledger import ping
-from trackermail.store.outbox import outbox_summary
+from trackermail.store.outbox_report import outbox_summary
 from trackermail.store.subscriptions import token_subscription, unsubscribe_by_token
 
 log = Logger()

@@ -24,7 +24,8 @@ from trackermail.control.texts import NOTICE_SUBJECT
 from trackermail.handling import Context, Incoming
 from trackermail.message import parse_message
 from trackermail.routing import Route
-from trackermail.store.outbox import delivery_rows, outbox_body
+from trackermail.store.outbox import outbox_body
+from trackermail.store.outbox_report import delivery_rows
 from trackermail.store.packages import add_package
 from trackermail.store.sql import Rows
 from trackermail.store.subscriptions import subscriptions_of

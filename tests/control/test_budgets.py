@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.control import DAY, JANE, NOW, TOM, ControlMixin, backends, make_config
 from trackermail.store.budgets import budget_key
 from trackermail.store.confirmations import purge_confirmations
-from trackermail.store.outbox import delivery_rows
+from trackermail.store.outbox_report import delivery_rows
 from trackermail.store.sql import Rows, Value
 from trackermail.store.subscriptions import subscribe
 

@@ -18,7 +18,7 @@ from trackermail.control import commands
 from trackermail.control.handler import handle_control
 from trackermail.handling import Context
 from trackermail.store.keywords import default_keywords
-from trackermail.store.outbox import delivery_rows
+from trackermail.store.outbox_report import delivery_rows
 
 FOOTER = ["-- ",
           'The package tracker at tracker.example.org; send "help" to '

@@ -31,7 +31,8 @@ from trackermail.ingress.spool import Spool
 from trackermail.outbound.sender import OutboxSender
 from trackermail.processing import Processor, SpoolWatcher
 from trackermail.service import default_handlers
-from trackermail.store.outbox import delivery_rows, enqueue, message_counts
+from trackermail.store.outbox import enqueue
+from trackermail.store.outbox_report import delivery_rows, message_counts
 from trackermail.store.sql import Rows, Value
 from trackermail.store.subscriptions import subscribe
 from trackermail.vendor import load_vendor

@@ -29,7 +29,7 @@ from tests.support.stores import make_memory_store
 from trackermail.outbound.interface import CONNECT, Reply
 from trackermail.outbound.pool import SMTPPool
 from trackermail.outbound.sender import OutboxSender
-from trackermail.store import outbox
+from trackermail.store import outbox, outbox_report
 
 T0 = 1_795_000_000.0
 DOWN = 600.0
@@ -79,7 +79,7 @@ class ScriptedSmarthostTests(SynchronousTestCase):
                                    give_up_days=5, poll_interval=30)
 
     def rows(self):
-        return self.successResultOf(self.store.run(outbox.delivery_rows))
+        return self.successResultOf(self.store.run(outbox_report.delivery_rows))
 
     def test_ten_minutes_down_nothing_lost_nothing_twice(self):
         """Mail queued while the smarthost is down for 10 minutes is delivered once each after it returns."""
@@ -113,7 +113,7 @@ class ScriptedSmarthostTests(SynchronousTestCase):
             self.assertGreaterEqual(self.transport.refused[rcpt], 2, rcpt)
         # Recorded as sent: nothing left, each message counts its copies once.
         self.assertEqual(self.rows(), [])
-        counts = self.successResultOf(self.store.run(outbox.message_counts))
+        counts = self.successResultOf(self.store.run(outbox_report.message_counts))
         self.assertEqual([c.sent for c in counts], [15, 5])
         self.assertEqual(self.sender.failed, 0)
 
@@ -234,7 +234,7 @@ class RealPoolSmarthostTests(TestCase):
         await run_until(T0 + DOWN)
         self.assertGreater(sink.refused, 0)
         self.assertEqual(sink.messages, [])
-        rows = await store.run(outbox.delivery_rows)
+        rows = await store.run(outbox_report.delivery_rows)
         self.assertEqual({r[2] for r in rows}, {"queued"})
         self.assertEqual(len(rows), 12)
         self.assertTrue(all(r[3] >= 2 for r in rows), rows)
@@ -244,8 +244,8 @@ class RealPoolSmarthostTests(TestCase):
         got = collections.Counter(r for m in sink.messages for r in m.recipients)
         self.assertEqual(sorted(got), sorted(rcpts))
         self.assertEqual(set(got.values()), {1})
-        self.assertEqual(await store.run(outbox.delivery_rows), [])
-        self.assertEqual([c.sent for c in await store.run(outbox.message_counts)], [12])
+        self.assertEqual(await store.run(outbox_report.delivery_rows), [])
+        self.assertEqual([c.sent for c in await store.run(outbox_report.message_counts)], [12])
         await pool.close()
         await sink.wait_closed()
 
@@ -300,7 +300,7 @@ class RefusingSmarthostTests(TestCase):
                 await settle(sender, pool)
 
         await run_until(T0 + 4 * 86400)
-        rows = await store.run(outbox.delivery_rows)
+        rows = await store.run(outbox_report.delivery_rows)
         self.assertEqual({r[2] for r in rows}, {"queued"})
         self.assertTrue(all(r[3] > 50 for r in rows), "retried all along")
         self.assertEqual(sink.messages, [])

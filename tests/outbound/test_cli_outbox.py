@@ -12,13 +12,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.store.outbox import (
-    Result,
-    claim_due,
-    delivery_rows,
-    enqueue,
-    record_results,
-)
+from trackermail.store.outbox import Result, claim_due, enqueue, record_results
+from trackermail.store.outbox_report import delivery_rows
 from trackermail.store.sqlite import MemoryStore
 
 

@@ -22,7 +22,7 @@ from tests.support.net import listen_local, poll
 from tests.support.outbound import SinkFactory, SlowSinkFactory
 from tests.support.stores import make_pg_store
 from tests.support.tracker import FQDN, TrackerProcess
-from trackermail.store.outbox import message_counts
+from trackermail.store.outbox_report import message_counts
 from trackermail.store.sql import SyncDriver
 from trackermail.store.sqlite import MemoryStore
 from trackermail.store.subscriptions import subscribe

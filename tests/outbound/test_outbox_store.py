@@ -14,18 +14,20 @@ from trackermail.store.outbox import (
     CHUNK_SIZE,
     Result,
     claim_due,
-    delivery_rows,
     enqueue,
-    message_counts,
     next_wakeup,
     outbox_body,
-    outbox_report,
-    outbox_summary,
     purge_finished,
     read_body,
     record_results,
     release_claims,
     renew_claims,
+)
+from trackermail.store.outbox_report import (
+    delivery_rows,
+    message_counts,
+    outbox_report,
+    outbox_summary,
     requeue_deliveries,
 )
 from trackermail.store.sql import Exec, Rows, Value

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.stores import make_memory_store
 from trackermail.errors import StoreUnavailable
 from trackermail.outbound.recorder import Recorder
-from trackermail.store.outbox import Result, claim_due, delivery_rows, enqueue, message_counts
+from trackermail.store.outbox import Result, claim_due, enqueue
+from trackermail.store.outbox_report import delivery_rows, message_counts
 
 T0 = 1_000_000.0
 

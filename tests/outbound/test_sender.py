@@ -13,13 +13,11 @@ from tests.support.outbound import MemoryOutboundTransport
 from tests.support.stores import make_memory_store, make_pg_store
 from trackermail.outbound.interface import DATA, Reply
 from trackermail.outbound.sender import OutboxSender
-from trackermail.store.outbox import (
-    claim_due,
+from trackermail.store.outbox import claim_due, enqueue, read_body
+from trackermail.store.outbox_report import (
     delivery_rows,
-    enqueue,
     message_counts,
     outbox_summary,
-    read_body,
 )
 from trackermail.store.sql import Exec, Rows, Value
 

@@ -31,7 +31,8 @@ from trackermail.outbound.smarthost import (
     SmarthostWatch,
     is_relay_refusal,
 )
-from trackermail.store.outbox import Delivery, delivery_rows
+from trackermail.store.outbox import Delivery
+from trackermail.store.outbox_report import delivery_rows
 
 
 def delivery(rcpt: str, n: int = 1) -> Delivery:

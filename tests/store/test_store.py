@@ -31,7 +31,8 @@ from trackermail.store.interface import IStore
 from trackermail.store.keywords import default_keywords, keywords, set_default_keywords
 from trackermail.store.ledger import is_processed, mark_processed, stats
 from trackermail.store.news import add_news, news
-from trackermail.store.outbox import delivery_rows, enqueue, outbox_body, outbox_summary
+from trackermail.store.outbox import enqueue, outbox_body
+from trackermail.store.outbox_report import delivery_rows, outbox_summary
 from trackermail.store.packages import add_package, import_sources, resolve_package
 from trackermail.store.schema import current_version
 from trackermail.store.sql import Rows, Value

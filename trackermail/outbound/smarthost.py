@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from trackermail import metrics
 from trackermail.outbound.interface import CONNECT, MAIL, RCPT, Reply
-from trackermail.store.outbox import error_kind
+from trackermail.store.outbox_report import error_kind
 
 log = Logger()
 

@@ -25,10 +25,9 @@ C{last_sent}) until it is purged, a day after its last copy went.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from itertools import groupby
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from trackermail.store.sql import Exec, Many, Notify, Row, Rows, Value
@@ -70,70 +69,16 @@ class Delivery:
     origin: str = ""
 
 
-@dataclass(frozen=True)
-class OutboxSummary:
-    """
-    Deliveries by state, and the oldest due time; C{sent}: the copies sent
-    of the messages not purged yet (see L{purge_finished}).
-    """
-
-    queued: int
-    sending: int
-    sent: int
-    failed: int
-    oldest_due: float | None
 
 
-@dataclass(frozen=True)
-class MessageCounts:
-    """One outbox message: copies sent, when the last one went, deliveries left by state."""
-
-    id: int
-    origin: str
-    sent: int
-    last_sent: float | None
-    left: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Claims:
-    """Deliveries one node is sending, and when its leases on them end."""
-
-    node: str
-    count: int
-    first_expiry: float
-    last_expiry: float
 
 
-@dataclass(frozen=True)
-class InFlight:
-    id: int
-    recipient: str
-    node: str
-    claimed_until: float
-    attempts: int
 
 
-@dataclass(frozen=True)
-class ErrorGroup:
-    """Deferred (or failed) deliveries sharing one last error."""
-
-    code: int | None
-    error: str
-    count: int
-    next_attempt: float | None
 
 
-@dataclass(frozen=True)
-class OutboxReport:
-    """What C{trackermail outbox} and C{trackermail status} show."""
-
-    summary: OutboxSummary
-    due: int
-    claims: list[Claims]
-    in_flight: list[InFlight]
-    deferred: list[ErrorGroup]
-    failed: list[ErrorGroup]
 
 
 @dataclass(slots=True)
@@ -254,18 +199,26 @@ def read_body(message_id: int):
     """
     The chunks of a stored body, in order (a tuple of C{bytes}, each
     starting at a line boundary), or None when the body is gone or
-    incomplete.
+    incomplete. One statement per chunk: a driver holds a whole result in
+    its own memory (PostgreSQL's as text, twice the bytes) before handing
+    it over, so a 20 MiB body read at once would cost three times its size.
     """
     row = yield Row("SELECT body, size FROM outbox_messages WHERE id = ?", (message_id,))
     if row is None:
         return None
     first, size = bytes(row[0]), row[1]
     parts = [first]
-    if size > len(first):
-        rows = yield Rows(
-            "SELECT data FROM outbox_chunks WHERE message_id = ? ORDER BY seq", (message_id,))
-        parts.extend(bytes(r[0]) for r in rows)
-    if sum(map(len, parts)) != size:
+    read = len(first)
+    seq = 1
+    while read < size:
+        data = yield Value("SELECT data FROM outbox_chunks WHERE message_id = ? AND seq = ?",
+                           (message_id, seq))
+        if data is None:
+            return None
+        parts.append(bytes(data))
+        read += len(parts[-1])
+        seq += 1
+    if read != size:
         return None
     return tuple(parts)
 
@@ -305,7 +258,8 @@ _CLAIM_FORMS = {
 }
 
 
-def _marks(n: int) -> str:
+def placeholders(n: int) -> str:
+    """"?, ?, ?" for n values."""
     return ",".join("?" * n)
 
 
@@ -335,7 +289,7 @@ def claim_due(dialect: str, node: str, now: float, limit: int, lease: float):
     for group in _groups(mids):
         for mid, size, origin in (yield Rows(
                 f"SELECT id, size, origin FROM outbox_messages WHERE id IN "
-                f"({_marks(len(group))})", group)):
+                f"({placeholders(len(group))})", group)):
             sizes[mid] = (size, origin or "")
     deliveries = [Delivery(*row[:6], prefix=bytes(row[6]) if row[6] else b"",
                            size=sizes.get(row[1], (0, ""))[0],
@@ -417,7 +371,7 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
     per_message: dict[int, int] = defaultdict(int)
     for group in _groups(sorted(sent)):
         for (message_id,) in (yield Rows(
-                f"DELETE FROM outbox_deliveries WHERE {_MINE} AND id IN ({_marks(len(group))}) "
+                f"DELETE FROM outbox_deliveries WHERE {_MINE} AND id IN ({placeholders(len(group))}) "
                 "RETURNING message_id", (node, *group))):
             per_message[message_id] += 1
     # Messages are updated in order of id (nodes sharing a fan-out lock its
@@ -428,19 +382,19 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
         for group in _groups([message_id for message_id, _ in run]):
             done.sent += n * len(group)
             yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
-                       f"WHERE id IN ({_marks(len(group))})", (n, now, *group))
+                       f"WHERE id IN ({placeholders(len(group))})", (n, now, *group))
     for (when, code, text), ids in deferred.items():
         for group in _groups(sorted(ids)):
             done.retried += yield Exec(
                 "UPDATE outbox_deliveries SET state = 'queued', next_attempt = ?, "
                 "last_code = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL "
-                f"WHERE {_MINE} AND id IN ({_marks(len(group))})",
+                f"WHERE {_MINE} AND id IN ({placeholders(len(group))})",
                 (when, code, text, node, *group))
     for group in _groups(sorted(released)):
         done.released += yield Exec(
             "UPDATE outbox_deliveries SET state = 'queued', attempts = attempts - 1, "
             "claimed_by = NULL, claimed_until = NULL "
-            f"WHERE {_MINE} AND id IN ({_marks(len(group))})", (node, *group))
+            f"WHERE {_MINE} AND id IN ({placeholders(len(group))})", (node, *group))
     for r in failed:
         n = yield Exec(
             "UPDATE outbox_deliveries SET state = 'failed', finished = ?, last_code = ?, "
@@ -467,134 +421,3 @@ def purge_finished(before: float):
         "(SELECT 1 FROM outbox_deliveries d WHERE d.message_id = outbox_messages.id)",
         (before,),
     )
-
-
-# -- what operators see and do ---------------------------------------------------
-
-
-def outbox_summary(now: float):
-    """Counts by state and the oldest due time (cheap: for metrics)."""
-    rows = yield Rows("SELECT state, COUNT(*) FROM outbox_deliveries GROUP BY state")
-    counts = dict(rows)
-    # Sent copies are gone from the deliveries: their messages count them.
-    counts["sent"] = (yield Value("SELECT COALESCE(SUM(sent), 0) FROM outbox_messages")) or 0
-    oldest = yield Value(
-        "SELECT MIN(next_attempt) FROM outbox_deliveries WHERE state = 'queued'"
-        " AND next_attempt <= ?",
-        (now,),
-    )
-    return OutboxSummary(
-        queued=counts.get("queued", 0),
-        sending=counts.get("sending", 0),
-        sent=counts.get("sent", 0),
-        failed=counts.get("failed", 0),
-        oldest_due=oldest,
-    )
-
-
-_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>")
-
-
-def error_kind(text: str) -> str:
-    """An error text without the addresses in it, to group errors that differ only by them."""
-    return _ADDRESS.sub("<...>", text or "")
-
-
-def _error_groups(rows, limit: int) -> list[ErrorGroup]:
-    merged: dict[tuple, list] = {}
-    for code, error, count, next_attempt in rows:
-        key = (code, error_kind(error))
-        entry = merged.setdefault(key, [0, None])
-        entry[0] += count
-        if next_attempt is not None and (entry[1] is None or next_attempt < entry[1]):
-            entry[1] = next_attempt
-    groups = [ErrorGroup(code, error, count, when)
-              for (code, error), (count, when) in merged.items()]
-    groups.sort(key=lambda g: (-g.count, g.error))
-    return groups[:limit]
-
-
-def outbox_report(now: float, limit: int = 20):
-    """
-    The outbox for an operator (an L{OutboxReport}): counts, how many are
-    due now, claims by node with their lease expiry, the first C{limit}
-    deliveries in flight, and deferred and failed deliveries grouped by
-    their last error (addresses left out), largest groups first.
-    """
-    summary = yield from outbox_summary(now)
-    due = yield Value(
-        "SELECT COUNT(*) FROM outbox_deliveries WHERE state = 'queued' AND next_attempt <= ?",
-        (now,))
-    claims = yield Rows(
-        "SELECT claimed_by, COUNT(*), MIN(claimed_until), MAX(claimed_until) "
-        "FROM outbox_deliveries WHERE state = 'sending' GROUP BY claimed_by ORDER BY claimed_by")
-    in_flight = yield Rows(
-        "SELECT id, recipient, claimed_by, claimed_until, attempts FROM outbox_deliveries "
-        "WHERE state = 'sending' ORDER BY claimed_until, id LIMIT ?", (limit,))
-    deferred = yield Rows(
-        "SELECT last_code, last_error, COUNT(*), MIN(next_attempt) FROM outbox_deliveries "
-        "WHERE state = 'queued' AND last_code IS NOT NULL GROUP BY last_code, last_error")
-    failed = yield Rows(
-        "SELECT last_code, last_error, COUNT(*), NULL FROM outbox_deliveries "
-        "WHERE state = 'failed' GROUP BY last_code, last_error")
-    return OutboxReport(
-        summary=summary,
-        due=due or 0,
-        claims=[Claims(node or "", n, first, last) for node, n, first, last in claims],
-        in_flight=[InFlight(*row) for row in in_flight],
-        deferred=_error_groups(deferred, limit),
-        failed=_error_groups(failed, limit),
-    )
-
-
-def requeue_deliveries(now: float, ids: Sequence[int] | None = None, failed: bool = False):
-    """
-    Make deferred deliveries (all, or those of C{ids}) due at C{now}; with
-    C{failed}, also put failed ones back in the queue, as new (attempts and
-    the give-up clock start again). Fires with the ids requeued, sorted.
-    """
-    where = ""
-    params: list = []
-    if ids is not None:
-        if not ids:
-            return []
-        where = f" AND id IN ({_marks(len(ids))})"
-        params = list(ids)
-    rows = list((yield Rows(
-        "UPDATE outbox_deliveries SET next_attempt = ? "
-        f"WHERE state = 'queued' AND next_attempt > ?{where} RETURNING id",
-        (now, now, *params))))
-    if failed:
-        rows += yield Rows(
-            "UPDATE outbox_deliveries SET state = 'queued', next_attempt = ?, created = ?, "
-            f"attempts = 0, finished = NULL WHERE state = 'failed'{where} RETURNING id",
-            (now, now, *params))
-    if rows:
-        yield Notify("outbox")
-    return sorted(r[0] for r in rows)
-
-
-def delivery_rows(message_id: int | None = None):
-    """(recipient, sender, state, attempts, last_code, last_error) rows, for tests and tools."""
-    where, params = ("", ()) if message_id is None else (" WHERE message_id = ?", (message_id,))
-    rows = yield Rows("SELECT recipient, sender, state, attempts, last_code, last_error "
-                      f"FROM outbox_deliveries{where} ORDER BY id", params)
-    return [tuple(r) for r in rows]
-
-
-def message_counts(message_id: int | None = None):
-    """
-    A L{MessageCounts} per outbox message (all, or C{message_id}'s) in order
-    of id: copies sent, deliveries left by state. For tests and tools.
-    """
-    where, params = ("", ()) if message_id is None else (" WHERE id = ?", (message_id,))
-    messages = yield Rows(
-        f"SELECT id, origin, sent, last_sent FROM outbox_messages{where} ORDER BY id", params)
-    where = "" if message_id is None else " WHERE message_id = ?"
-    left: dict[int, dict[str, int]] = defaultdict(dict)
-    for mid, state, n in (yield Rows(
-            f"SELECT message_id, state, COUNT(*) FROM outbox_deliveries{where} "
-            "GROUP BY message_id, state", params)):
-        left[mid][state] = n
-    return [MessageCounts(mid, origin or "", sent, last_sent, left.get(mid, {}))
-            for mid, origin, sent, last_sent in messages]
