@@ -147,6 +147,28 @@ class OutboxStoreMixin:
         taken = await self.go(claim_due, self.store.dialect, "n2", late, 10, 30)
         self.assertEqual([(d.recipient, d.attempts) for d in taken], [("a@x.example", 2)])
 
+    async def test_claim_past_a_cursor(self):
+        """
+        A claim past (due, id) skips what comes before; without the cursor a
+        claim starts from the beginning (and finds copies put back early);
+        taking over other nodes' expired leases can be left out.
+        """
+        await self.go(enqueue, b"x\n", [(f"u{i}@x.example", "s") for i in range(4)], T0)
+        first = await self.go(claim_due, self.store.dialect, "n1", T0, 2, 30)
+        self.assertEqual([d.recipient for d in first], ["u0@x.example", "u1@x.example"])
+        cursor = max((d.due, d.id) for d in first)
+        self.assertEqual(cursor[0], T0)
+        await self.go(release_claims, "n1")
+        past = await self.go(claim_due, self.store.dialect, "n1", T0, 10, 30, cursor)
+        self.assertEqual([d.recipient for d in past], ["u2@x.example", "u3@x.example"])
+        again = await self.go(claim_due, self.store.dialect, "n1", T0, 10, 30)
+        self.assertEqual([d.recipient for d in again], ["u0@x.example", "u1@x.example"])
+        late = T0 + 31
+        self.assertEqual(await self.go(claim_due, self.store.dialect, "n2", late, 10, 30,
+                                       None, False), [])
+        taken = await self.go(claim_due, self.store.dialect, "n2", late, 10, 30)
+        self.assertEqual(len(taken), 4)
+
     async def test_renew_and_release(self):
         """A node renews all its leases at once, and releases all its claims at start."""
         await self.go(enqueue, b"x\n", [("a@x.example", "s"), ("b@y.example", "s")], T0)

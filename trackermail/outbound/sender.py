@@ -88,6 +88,8 @@ class OutboxSender(service.Service):
         self.node = node or socket.gethostname()
         self.batch_size = batch_size
         self.lease = lease
+        self._cursor: tuple[float, int] | None = None
+        self._took_over_at = float("-inf")
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.give_up = give_up_days * 86400
@@ -185,13 +187,28 @@ class OutboxSender(service.Service):
         if len(self._claimed) >= self.batch_size:
             await self._wait_for_progress()
             return
+        now = self.clock.seconds()
+        # During a long drain, other nodes' expired leases are looked for
+        # every lease / 3, not at every claim: the scan of what is in flight
+        # is not free. Otherwise at every claim.
+        take_over = self._cursor is None or now - self._took_over_at >= self.lease / 3
         try:
             batch = await self.store.run(claim_due, self.store.dialect, self.node,
-                                         self.clock.seconds(), self.batch_size, self.lease)
+                                         now, self.batch_size, self.lease,
+                                         after=self._cursor, take_over=take_over)
         except Exception as e:
             log.error("cannot claim deliveries: {error}", error=str(e))
+            self._cursor = None
             await self._sleep(min(self.poll_interval, 5.0))
             return
+        if take_over:
+            self._took_over_at = now
+        # A full batch: the next claim goes on past it. A short one: the
+        # queue is drained as far as it was due, and the next claim starts
+        # from the beginning again (so a copy put back in the queue with an
+        # earlier due time is not missed).
+        self._cursor = (max((d.due, d.id) for d in batch)
+                        if len(batch) == self.batch_size else None)
         if batch:
             for delivery in batch:
                 self._claimed[delivery.id] = delivery

@@ -67,6 +67,8 @@ class Delivery:
     size: int = 0
     # The queue id of the received message this copy was made for.
     origin: str = ""
+    # When it was due (the claim order is (due, id)).
+    due: float = 0.0
 
 
 
@@ -244,9 +246,13 @@ WHERE {ids}(
     ORDER BY state, next_attempt, id
     LIMIT ?{lock}
 ){close}
-RETURNING id, message_id, recipient, sender, attempts, created, prefix
+RETURNING id, message_id, recipient, sender, attempts, created, prefix, next_attempt
 """
 _DUE = "state = 'queued' AND next_attempt <= ?"
+# Past a cursor: a long drain claims batch after batch, and each claimed
+# row leaves a dead entry at the start of the index range until the next
+# vacuum; starting every scan at the beginning walked over all of them.
+_DUE_AFTER = _DUE + " AND (next_attempt, id) > (?, ?)"
 _ABANDONED = "state = 'sending' AND claimed_until <= ? AND claimed_by <> ?"
 
 # PostgreSQL: "id = ANY(ARRAY(...))" makes the outer update look its rows up
@@ -268,20 +274,31 @@ def _groups(items: Sequence, size: int = 500):
         yield items[start: start + size]
 
 
-def claim_due(dialect: str, node: str, now: float, limit: int, lease: float):
+def claim_due(dialect: str, node: str, now: float, limit: int, lease: float,
+              after: tuple[float, int] | None = None, take_over: bool = True):
     """
     Claim up to C{limit} due deliveries for C{node} until C{now + lease}:
-    queued ones that are due, and those whose other node's lease ran out (a
-    node never takes back its own: it still knows them, or it released
-    them when it started). Sorted by message, so a fan-out's copies are
-    together.
+    queued ones that are due, and (with C{take_over}) those whose other
+    node's lease ran out (a node never takes back its own: it still knows
+    them, or it released them when it started). Sorted by message, so a
+    fan-out's copies are together.
+
+    @param after: claim only deliveries past this C{(due, id)}: the last
+        one of the previous full batch (see L{Delivery.due}).
     """
     form = _CLAIM_FORMS[dialect]
-    rows = yield Rows(_CLAIM.format(which=_ABANDONED, **form),
-                      (node, now + lease, now, node, limit))
+    rows = []
+    if take_over:
+        rows = yield Rows(_CLAIM.format(which=_ABANDONED, **form),
+                          (node, now + lease, now, node, limit))
     if len(rows) < limit:
-        rows += yield Rows(_CLAIM.format(which=_DUE, **form),
-                           (node, now + lease, now, limit - len(rows)))
+        if after is None:
+            rows += yield Rows(_CLAIM.format(which=_DUE, **form),
+                               (node, now + lease, now, limit - len(rows)))
+        else:
+            rows += yield Rows(_CLAIM.format(which=_DUE_AFTER, **form),
+                               (node, now + lease, now, after[0], after[1],
+                                limit - len(rows)))
     if not rows:
         return []
     sizes = {}
@@ -293,7 +310,7 @@ def claim_due(dialect: str, node: str, now: float, limit: int, lease: float):
             sizes[mid] = (size, origin or "")
     deliveries = [Delivery(*row[:6], prefix=bytes(row[6]) if row[6] else b"",
                            size=sizes.get(row[1], (0, ""))[0],
-                           origin=sizes.get(row[1], (0, ""))[1]) for row in rows]
+                           origin=sizes.get(row[1], (0, ""))[1], due=row[7]) for row in rows]
     deliveries.sort(key=lambda d: (d.message_id, d.id))
     return deliveries
 
