@@ -21,8 +21,9 @@ import quopri
 import re
 import secrets
 import time
-from email.header import decode_header, make_header
+from email.header import Header, decode_header
 from email.message import EmailMessage
+from email.policy import Compat32, EmailPolicy
 from email.utils import getaddresses, parseaddr
 from typing import Iterable
 
@@ -72,12 +73,53 @@ def _clean_text(value: str) -> str:
     return value
 
 
-def _decode_raw(value: str) -> str:
-    value = _FOLDING.sub(" ", _clean_text(value))
+def decode_bytes(data: bytes, charset: str | None = None) -> str:
+    """Bytes as text in C{charset}, else UTF-8, else Latin-1: never raises."""
+    for cs in (charset, "utf-8"):
+        if not cs:
+            continue
+        try:
+            return data.decode(cs)
+        except (LookupError, UnicodeDecodeError, TypeError):
+            continue
+    return data.decode("latin-1")
+
+
+def decode_raw_header(value) -> str:
+    """
+    A raw header value (a string with RFC 2047 encoded words, or a
+    C{Header}) as text, unfolded; an unknown charset falls back to UTF-8,
+    then Latin-1.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, Header):
+        try:
+            return _FOLDING.sub(" ", str(value))
+        except Exception:
+            value = value.encode() if hasattr(value, "encode") else ""
+    value = _FOLDING.sub(" ", _clean_text(str(value)))
     try:
-        return str(make_header(decode_header(value)))
+        return "".join(decode_bytes(data, charset) if isinstance(data, bytes) else data
+                       for data, charset in decode_header(value))
     except Exception:
         return value
+
+
+def _raw_header_values(msg, name: str) -> list[str]:
+    try:
+        items = msg.raw_items()
+    except Exception:
+        return []
+    lowered = name.lower()
+    result = []
+    for key, value in items:
+        try:
+            if str(key).lower() == lowered:
+                result.append(decode_raw_header(value))
+        except Exception:
+            continue
+    return result
 
 
 def header_values(msg, name: str) -> list[str]:
@@ -85,23 +127,18 @@ def header_values(msg, name: str) -> list[str]:
     All values of header C{name}, decoded and unfolded, as text.
 
     Never raises: a value the header parser rejects is returned as its raw
-    text, RFC 2047 decoded where possible.
+    text, RFC 2047 decoded where possible. Works for messages parsed with
+    the default policy and with C{compat32} (whose values are raw text: the
+    bounce analyzer parses that way, it is much cheaper).
     """
+    if isinstance(getattr(msg, "policy", None), Compat32) and not isinstance(
+            msg.policy, EmailPolicy):
+        return _raw_header_values(msg, name)
     try:
         values = msg.get_all(name) or []
         return [_FOLDING.sub(" ", _clean_text(str(v))) for v in values]
     except Exception:
-        pass
-    result = []
-    try:
-        raw = msg.raw_items()
-    except Exception:
-        return result
-    lowered = name.lower()
-    for key, value in raw:
-        if isinstance(key, str) and key.lower() == lowered:
-            result.append(_decode_raw(str(value)))
-    return result
+        return _raw_header_values(msg, name)
 
 
 def header(msg, name: str, default: str = "") -> str:
@@ -188,7 +225,8 @@ def _decode(part, data: bytes) -> str:
         return data.decode("utf-8", "replace")
 
 
-def _part_text(part, limit: int) -> str:
+def part_text(part, limit: int) -> str:
+    """The decoded text of one leaf part, at most C{limit} characters (about)."""
     payload = _raw_payload(part)
     if payload is None or limit <= 0:
         return ""
@@ -243,7 +281,7 @@ def body_text(msg, limit: int = MAX_BODY_TEXT) -> str:
                 continue
             if not _is_text_part(part):
                 continue
-            text = _part_text(part, limit - size)
+            text = part_text(part, limit - size)
             if size + len(text) > limit:
                 text = text[: max(0, limit - size)]
             chunks.append(text)

@@ -64,7 +64,6 @@ from trackermail.bounces.dsn import (
 from trackermail.bounces.mime import (
     MAX_TEXT,
     content_type,
-    decode_bytes,
     header,
     header_values,
     is_flat,
@@ -74,6 +73,7 @@ from trackermail.bounces.mime import (
     repair_multipart,
     walk,
 )
+from trackermail.message import decode_bytes
 
 __all__ = [
     "BounceAnalyzer",

@@ -15,12 +15,11 @@ from typing import Callable, Iterable, Optional
 from trackermail.bounces.codes import enhanced_status, failure_status, status_parts
 from trackermail.bounces.mime import (
     clean_address,
-    decode_bytes,
-    decode_raw_header,
     part_bytes,
     unfold,
 )
 from trackermail.bounces.reasons import classify, judge_hard, smtp_command
+from trackermail.message import decode_bytes, decode_raw_header
 
 
 @dataclass(frozen=True)

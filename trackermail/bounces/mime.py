@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.bounces.test_analyzer -*-
 """
 Safe access to the parts of a message that may be a bounce: parsing,
-headers, MIME parts and their text, addresses.
+MIME parts and their structure, addresses. Headers and text are read with
+L{trackermail.message}, the one reader of mail.
 
 Nothing in here raises on odd input: broken MIME, undecodable headers and
 missing parts give a defined, possibly empty, result.
@@ -9,12 +10,14 @@ missing parts give a defined, possibly empty, result.
 
 from __future__ import annotations
 
-import email.header
 import email.policy
 import re
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
 from typing import Iterator, Optional
+
+from trackermail.message import header_values
+from trackermail.message import part_text as message_part_text
 
 # Guards against pathological input.
 MAX_PARTS = 500
@@ -43,65 +46,14 @@ def parse_message(msg) -> Message:
     return EmailMessage()
 
 
-def decode_raw_header(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, email.header.Header):
-        try:
-            return str(value)
-        except Exception:
-            value = value.encode() if hasattr(value, "encode") else ""
-    value = str(value)
-    try:
-        chunks = []
-        for data, charset in email.header.decode_header(value):
-            if isinstance(data, bytes):
-                chunks.append(decode_bytes(data, charset))
-            else:
-                chunks.append(data)
-        return "".join(chunks)
-    except Exception:
-        return value
-
-
-def header_values(part: Message, name: str) -> list[str]:
-    """
-    All values of header C{name} as text, however broken they are.
-    """
-    out = []
-    try:
-        items = part.raw_items()
-    except Exception:
-        items = []
-    lname = name.lower()
-    for key, value in items:
-        try:
-            if str(key).lower() != lname:
-                continue
-        except Exception:
-            continue
-        out.append(unfold(decode_raw_header(value)))
-    return out
-
-
 def header(part: Message, name: str) -> str:
+    """The first value of header C{name} as text, or C{""}."""
     values = header_values(part, name)
-    return values[0] if values else ""
+    return values[0].strip() if values else ""
 
 
 def unfold(text: str) -> str:
     return re.sub(r"\r?\n[ \t]+", " ", text).strip()
-
-
-def decode_bytes(data: bytes, charset: Optional[str] = None) -> str:
-    for cs in (charset, "utf-8"):
-        if not cs:
-            continue
-        try:
-            return data.decode(cs)
-        except Exception:
-            continue
-    return data.decode("latin-1")
 
 
 def content_type(part: Message) -> str:
@@ -128,12 +80,7 @@ def part_bytes(part: Message) -> bytes:
 
 
 def part_text(part: Message) -> str:
-    data = part_bytes(part)
-    try:
-        charset = part.get_content_charset()
-    except Exception:
-        charset = None
-    text = decode_bytes(data, charset)
+    text = message_part_text(part, MAX_TEXT)
     if content_type(part) == "text/html":
         text = _html_to_text(text)
     return text.replace("\r\n", "\n").replace("\r", "\n")
