@@ -135,11 +135,8 @@ def _which(session, cmd):
     if email is None:
         return out
     packages = yield from subscriptions_of(email)
-    if not packages:
-        out.append(texts.NOT_SUBSCRIBED_ANY.format(email=email))
-        return out
-    out.append(texts.SUBSCRIBED_TO.format(email=email))
-    out.extend(texts.item(p) for p in packages)
+    out.extend(texts.items_or_none(packages, texts.SUBSCRIBED_TO.format(email=email),
+                                   texts.NOT_SUBSCRIBED_ANY.format(email=email)))
     return out
 
 
@@ -149,11 +146,9 @@ def _who(session, cmd):
     if package is None:
         return out
     emails = yield from subscribers_of(package)
-    if not emails:
-        out.append(texts.NO_SUBSCRIBERS.format(package=package))
-        return out
-    out.append(texts.SUBSCRIBERS.format(package=package))
-    out.extend(texts.item(obfuscate(e)) for e in emails)
+    out.extend(texts.items_or_none((obfuscate(e) for e in emails),
+                                   texts.SUBSCRIBERS.format(package=package),
+                                   texts.NO_SUBSCRIBERS.format(package=package)))
     return out
 
 

@@ -199,11 +199,8 @@ def _list_team_packages(session, cmd):
         out.append(texts.TEAM_PRIVATE.format(slug=slug))
         return out
     packages = yield from team_packages(slug)
-    if not packages:
-        out.append(texts.TEAM_NO_PACKAGES.format(slug=slug))
-        return out
-    out.append(texts.TEAM_PACKAGES.format(slug=slug))
-    out.extend(texts.item(p) for p in packages)
+    out.extend(texts.items_or_none(packages, texts.TEAM_PACKAGES.format(slug=slug),
+                                   texts.TEAM_NO_PACKAGES.format(slug=slug)))
     return out
 
 
@@ -216,12 +213,9 @@ def _which_teams(session, cmd):
     if not session.is_sender(email):
         # Someone else's private memberships are not ours to tell.
         teams = [t for t in teams if t.public]
-    if not teams:
-        out.append(texts.MEMBER_OF_NONE.format(email=email))
-        return out
-    out.append(texts.MEMBER_OF.format(email=email))
-    out.extend(texts.item(texts.TEAM_ITEM.format(slug=t.slug, name=texts.show(t.name)))
-               for t in teams)
+    out.extend(texts.items_or_none(
+        (texts.TEAM_ITEM.format(slug=t.slug, name=texts.show(t.name)) for t in teams),
+        texts.MEMBER_OF.format(email=email), texts.MEMBER_OF_NONE.format(email=email)))
     return out
 
 

@@ -39,6 +39,14 @@ def item(text: str) -> str:
     return "* " + text
 
 
+def items_or_none(items, heading: str, none: str) -> list[str]:
+    """C{heading} and one bullet per item, or the C{none} sentence when there are none."""
+    items = list(items)
+    if not items:
+        return [none]
+    return [heading] + [item(i) for i in items]
+
+
 # -- Reading the mail -----------------------------------------------------
 
 NOT_A_COMMAND = 'Unknown command: ignored (send "help" for the list of commands).'
