@@ -21,7 +21,7 @@ from trackermail.control import texts
 from trackermail.control.parser import Command
 from trackermail.control.session import (
     Session,
-    known_keywords,
+    edited_keywords,
     package_name,
     resolve,
     target,
@@ -29,7 +29,7 @@ from trackermail.control.session import (
 from trackermail.control.stored import Change, run_stored
 from trackermail.control.team_commands import TEAM_COMMANDS
 from trackermail.store.confirmations import take_confirmation
-from trackermail.store.keywords import default_keywords, keywords
+from trackermail.store.keywords import default_keywords
 from trackermail.store.subscriptions import (
     NotSubscribed,
     is_subscribed,
@@ -162,13 +162,9 @@ def _keyword(session, cmd):
     email = target(session, cmd, out)
     if email is None:
         return out
-    names = None
-    if cmd.op is not None:
-        known = {k.name for k in (yield from keywords())}
-        names = known_keywords(cmd.keywords, known, out)
-        if not names:
-            out.append(texts.NO_VALID_KEYWORD)
-            return out
+    names = yield from edited_keywords(cmd, out)
+    if names == []:
+        return out
     package = ""
     if cmd.package is not None:
         package = yield from resolve(cmd.package, out)

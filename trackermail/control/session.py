@@ -29,6 +29,7 @@ from trackermail.control.parser import Command
 from trackermail.errors import InvalidValue
 from trackermail.store.budgets import count_unsolicited
 from trackermail.store.confirmations import canonical_command
+from trackermail.store.keywords import keywords
 from trackermail.store.packages import resolve_package
 from trackermail.validation import check_package_name, check_slug, normalize_email
 
@@ -184,13 +185,23 @@ def slug_argument(slug: str, out: list) -> str | None:
         return None
 
 
-def known_keywords(names, known, out: list) -> list:
-    """The names that are keywords, in order, once; a warning for each other one."""
+def edited_keywords(cmd, out: list):
+    """
+    Store program: the keywords a C{+ - =} edit names, in order, once, with
+    a warning for each name that is no keyword. Fires with None for a view
+    (no edit), with an empty list (and the reason in C{out}) when no name
+    is valid.
+    """
+    if cmd.op is None:
+        return None
+    known = {k.name for k in (yield from keywords())}
     valid: list = []
-    for name in names:
+    for name in cmd.keywords:
         if name in known:
             if name not in valid:
                 valid.append(name)
         else:
             out.append(texts.UNKNOWN_KEYWORD.format(keyword=texts.show(name)))
+    if not valid:
+        out.append(texts.NO_VALID_KEYWORD)
     return valid

@@ -18,14 +18,13 @@ from dataclasses import replace
 
 from trackermail.control import texts
 from trackermail.control.session import (
+    edited_keywords,
     email_argument,
-    known_keywords,
     resolve,
     slug_argument,
     target,
 )
 from trackermail.control.stored import Change
-from trackermail.store.keywords import keywords
 from trackermail.store.teams import (
     get_team,
     is_member,
@@ -162,13 +161,9 @@ def _team_keyword(session, cmd):
     team, email = yield from _team(session, cmd, out)
     if team is None:
         return out
-    names = None
-    if cmd.op is not None:
-        known = {k.name for k in (yield from keywords())}
-        names = known_keywords(cmd.keywords, known, out)
-        if not names:
-            out.append(texts.NO_VALID_KEYWORD)
-            return out
+    names = yield from edited_keywords(cmd, out)
+    if names == []:
+        return out
     package = yield from _team_package(team, cmd, out)
     if package is None:
         return out
