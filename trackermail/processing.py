@@ -19,6 +19,7 @@ is read from the spool file in pieces by the outbox.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from trackermail.handling import Context, Incoming, Outcome
 from trackermail.ingress.spool import (
     BadSpoolFile,
     SpoolMessage,
+    delivery_start,
     envelope_sender_of,
     open_message,
 )
@@ -65,9 +67,7 @@ class MemoryMessage(SpoolMessage):
     """A message given as bytes (tests, tools): no envelope, no file."""
 
     def __init__(self, raw: bytes):
-        from trackermail.ingress.spool import _legacy_start
-
-        offset, lines = _legacy_start(raw[:4096])
+        offset, lines = delivery_start(raw[:4096])
         super().__init__("", None, offset, len(raw) - offset, delivery_lines=lines)
         self._raw = raw
 
@@ -83,8 +83,6 @@ class MemoryMessage(SpoolMessage):
 
     def content_digest(self) -> str:
         if self._digest is None:
-            import hashlib
-
             self._digest = hashlib.sha256(self._raw[self.offset:]).hexdigest()
         return self._digest
 

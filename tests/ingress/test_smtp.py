@@ -383,11 +383,18 @@ class STARTTLSTests(SynchronousTestCase):
 
 
 class ReceivedLogTests(SynchronousTestCase):
+    def message_id(self, data: bytes) -> str:
+        from trackermail.ingress.stamping import Stamper
+
+        stamper = Stamper(b"Received: by us\n", FQDN, "Q1")
+        stamper.feed(data)
+        stamper.finish()
+        return stamper.message_id
+
     def test_message_id_of_stored_message(self):
         """The received log line names the Message-ID found in the header block only."""
-        from trackermail.ingress.stamping import message_id_of
-
-        self.assertEqual(message_id_of(b"Subject: x\nMessage-Id:  <a@b>\n\nMessage-ID: <no>\n"),
+        self.assertEqual(self.message_id(b"Subject: x\nMessage-Id:  <a@b>\n\nMessage-ID: <no>\n"),
                          "<a@b>")
-        self.assertEqual(message_id_of(b"Subject: x\n\nMessage-ID: <body@x>\n"), "")
-        self.assertEqual(message_id_of(b"Message-ID: <\xff\x01@x>\n\n"), "<??@x>")
+        self.assertEqual(self.message_id(b"Subject: x\n\nMessage-ID: <body@x>\n"),
+                         f"<Q1@{FQDN}>")
+        self.assertEqual(self.message_id(b"Message-ID: <\xff\x01@x>\n\n"), "<??@x>")

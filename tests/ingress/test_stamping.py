@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from trackermail.ingress.stamping import DataDecoder, Stamper, message_id_of
+from trackermail.ingress.stamping import DataDecoder, Stamper
 
 FQDN = "tracker.example.org"
 
@@ -107,9 +107,3 @@ class StamperTests(SynchronousTestCase):
         out = self.stamp(b"X-A: " + b"a" * 70_000 + b"\n", b"Subject: x\n\nbody\n")
         self.assertTrue(out.endswith(b"Subject: x\n\nbody\n"))
         self.assertEqual(out.count(b"Received: by us"), 1)
-
-    def test_log_message_id(self):
-        """The Message-ID for the logs comes from the header block only."""
-        self.assertEqual(message_id_of(b"Subject: x\nMessage-Id:  <a@b>\n\nMessage-ID: <no>\n"),
-                         "<a@b>")
-        self.assertEqual(message_id_of(b"Subject: x\n\nMessage-ID: <body@x>\n"), "")

@@ -220,7 +220,7 @@ def open_message(path: str) -> SpoolMessage:
             return SpoolMessage(path, envelope, len(first), size - len(first))
         f.seek(0)
         head = f.read(_LEGACY_HEAD)
-    offset, lines = _legacy_start(head)
+    offset, lines = delivery_start(head)
     return SpoolMessage(path, None, offset, size - offset, delivery_lines=lines)
 
 
@@ -228,7 +228,7 @@ class BadSpoolFile(ValueError):
     """A spool file whose envelope line cannot be read."""
 
 
-def _legacy_start(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
+def delivery_start(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
     """
     Where the message starts in a file without an envelope line, and the
     delivery lines above it: a leading mbox C{From } line is not part of
@@ -387,10 +387,6 @@ class Spool:
     def clear_retry_state(self, name: str) -> None:
         _unlink_quietly(self._state_path(name))
 
-    def retry_states(self) -> list[tuple[str, dict[str, Any]]]:
-        """C{(name, state)} of every message waiting for a retry, by name."""
-        return retry_states(self.path)
-
     def drop_orphan_states(self, keep: Iterable[str]) -> None:
         """Forget retry states of messages that are gone (and not in C{keep})."""
         keep = set(keep)
@@ -410,8 +406,6 @@ class Spool:
         """Forget message C{name}: it was processed."""
         _unlink_quietly(self.new_path(name))
         self.clear_retry_state(name)
-
-    remove = discard
 
     def park(self, name: str, where: str, reason: str) -> str | None:
         """
@@ -467,16 +461,6 @@ class Spool:
 
     # Counts
 
-    def counts(self) -> dict[str, tuple[int | None, float | None]]:
-        """
-        C{state -> (messages, oldest modification time)} for C{new},
-        C{failed} and C{broken}; C{(None, None)} for a directory that cannot
-        be read.
-        """
-        result: dict[str, tuple[int, float | None]] = {}
-        for sub in ("new",) + PARKED:
-            result[sub] = _count(os.path.join(self.path, sub))
-        return result
 
 
 def retry_states(path: str) -> list[tuple[str, dict[str, Any]]]:
@@ -528,7 +512,11 @@ def writable_problem(path: str, need: int = 0) -> str | None:
 
 
 def spool_counts(path: str) -> dict[str, tuple[int | None, float | None]]:
-    """L{Spool.counts} of the spool at C{path}, creating nothing (read-only tools)."""
+    """
+    C{state -> (messages, oldest modification time)} for C{new}, C{failed}
+    and C{broken} of the spool at C{path}; C{(None, None)} for a directory
+    that cannot be read. Creates nothing (read-only tools use it).
+    """
     return {sub: _count(os.path.join(path, sub)) for sub in ("new",) + PARKED}
 
 

@@ -149,12 +149,3 @@ class Stamper:
             # Body text must not be read as a continuation of our headers.
             prefix += b"\n"
         return prefix + head
-
-
-def message_id_of(message: bytes) -> str:
-    """The Message-ID of a stored message's header block, for logs."""
-    end = message.find(b"\n\n")
-    match = _MESSAGE_ID_LINE.search(message, 0, end if end >= 0 else len(message))
-    if match is None:
-        return ""
-    return printable(match.group(1).strip(), 200)
