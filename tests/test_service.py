@@ -23,11 +23,6 @@ from trackermail.store.subscriptions import subscribe, subscribers_of
 FQDN = "tracker.example.org"
 
 
-async def eventually(predicate, timeout=30.0, what="condition"):
-    """Poll C{predicate} on the reactor until it holds (bounded)."""
-    return await poll(predicate, timeout, what)
-
-
 def lmtp_send(port, sender, rcpt, data):
     client = smtplib.LMTP("127.0.0.1", port)
     try:
@@ -60,8 +55,8 @@ class TrackerServiceTests(TestCase):
                    b"thanks\r\n")
         await deferToThread(lmtp_send, self.lmtp_port, "jane@example.net",
                             f"control@{FQDN}", request)
-        await eventually(lambda: len(self.mails_to("jane@example.net")) >= 2,
-                         what="the reply and the CONFIRM mail")
+        await poll(lambda: len(self.mails_to("jane@example.net")) >= 2,
+                   30, "the reply and the CONFIRM mail")
         by_subject = {m["Subject"]: m for m in self.mails_to("jane@example.net")}
         confirm = [m for s, m in by_subject.items() if s.startswith("CONFIRM ")]
         self.assertEqual(len(confirm), 1, sorted(by_subject))
@@ -89,9 +84,9 @@ class TrackerServiceTests(TestCase):
                b"\r\nbroken\r\n")
         await deferToThread(lmtp_send, self.lmtp_port, "owner@bugs.example.org",
                             f"dispatch@{FQDN}", bug)
-        await eventually(lambda: any(m["X-Distro-Tracker-Package"] == "dpkg"
-                                     for m in self.mails_to("jane@example.net")),
-                         what="the forwarded bug mail")
+        await poll(lambda: any(m["X-Distro-Tracker-Package"] == "dpkg"
+                               for m in self.mails_to("jane@example.net")),
+                   30, "the forwarded bug mail")
         [copy] = [m for m in self.sink.messages
                   if m.recipients == ["jane@example.net"] and b"Bug#1" in m.data]
         self.assertTrue(copy.mail_from.startswith("bounces+"))
@@ -133,11 +128,11 @@ class TrackerServiceTests(TestCase):
         code, reply = await deferToThread(send)
         queue_id = reply.decode().rsplit(" ", 1)[1]
         self.assertEqual(code, 250)
-        await eventually(lambda: sum(len(m.recipients) for m in self.sink.messages) >= 3,
-                         what="three copies")
-        await eventually(lambda: any(e.get("log_format", "").startswith("sent ")
-                                     and e.get("queue_id") == queue_id for e in events),
-                         what="the sent line")
+        await poll(lambda: sum(len(m.recipients) for m in self.sink.messages) >= 3,
+                   30, "three copies")
+        await poll(lambda: any(e.get("log_format", "").startswith("sent ")
+                               and e.get("queue_id") == queue_id for e in events),
+                   30, "the sent line")
         formats = {e.get("log_format", "").split(" ")[0] for e in events
                    if e.get("queue_id") == queue_id}
         self.assertTrue({"queued", "processed", "sent"} <= formats, formats)

@@ -61,6 +61,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from trackermail.ingress.spool import spool_counts
+
 __all__ = [
     "REGISTRY",
     "message_received",
@@ -280,8 +282,6 @@ def spool_depth(spool_path: str) -> dict[str, int | None]:
     Messages in the spool's C{new/}, C{failed/} and C{broken/}; a directory
     that cannot be read gives None for its state.
     """
-    from trackermail.ingress.spool import spool_counts
-
     try:
         return {state: n for state, (n, _) in spool_counts(spool_path).items()}
     except OSError:
