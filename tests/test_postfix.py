@@ -26,11 +26,10 @@ import sys
 import tempfile
 import time
 
-from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support.net import listen_local, unused_port
+from tests.support.net import listen_local, poll, unused_port
 from tests.support.outbound import SinkFactory
 from tests.support.tracker import start_tracker
 from trackermail.store.packages import add_package
@@ -283,12 +282,10 @@ class PostfixRecipeTests(TestCase):
             raise SkipTest(f"SKIPPING real-Postfix tests: {reason}")
 
     async def eventually(self, predicate, what: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {WAIT:.0f}s waiting for {what};"
-                                     f" Postfix log:\n{self.postfix.log()}")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        try:
+            await poll(predicate, WAIT, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; Postfix log:\n{self.postfix.log()}")
 
     async def start_all(self, pipe: bool = False) -> None:
         self.sink = SinkFactory()
