@@ -11,8 +11,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.support.net import poll
 from tests.support.tracker import start_tracker
-from tests.test_service import eventually, lmtp_send
+from tests.test_service import lmtp_send
 from trackermail.store.packages import add_package
 from trackermail.store.subscriptions import dump_subscribers, subscribers_of
 
@@ -44,7 +45,7 @@ class ControlOverLMTPTests(TestCase):
 
     async def mail_after(self, rcpt, seen, what):
         """The first mail for C{rcpt} after the C{seen} it had, once the sink gets it."""
-        await eventually(lambda: len(self.mails_to(rcpt)) > seen, what=what)
+        await poll(lambda: len(self.mails_to(rcpt)) > seen, 30, what)
         return self.mails_to(rcpt)[seen]
 
     async def test_subscribe_then_leave_by_the_mailto_link(self):
