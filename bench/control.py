@@ -9,7 +9,8 @@ Starts a real tracker process (as bench/e2e.py does) per backend, then:
      plus K CONFIRM mails have been handed to the sink);
   2. sends K `confirm KEY` mails and waits until the K subscriptions are
      active.
-Reports control mails processed per second for each phase and overall.
+Reports control mails processed per second for each phase and overall, and
+the CPU milliseconds per mail of the tracker and of PostgreSQL's backends.
 
     .venv/bin/python bench/control.py [--mails 500] [--backends sqlite,postgresql]
 
@@ -32,7 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e import FQDN, PYTHON, ROOT, SEED, Database, Tracker  # noqa: E402
+from e2e import FQDN, PYTHON, ROOT, SEED, BackendCPU, Database, Tracker  # noqa: E402
 from fanout import Sink  # noqa: E402
 
 
@@ -81,6 +82,9 @@ def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) 
                  f"Message-ID: <sub{i}@example.net>\r\n\r\nthanks\r\n").encode())
             for i, u in enumerate(users)
         ]
+        db_cpu = BackendCPU(db, conn)
+        db_cpu.start()
+        cpu0 = tracker.cpu_seconds()
         t0 = time.time()
         send_all(tracker.lmtp_port, requests, connections)
         ok1 = wait_for(db, conn, "SELECT COUNT(*) FROM confirmations", k, timeout)
@@ -95,6 +99,8 @@ def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) 
         send_all(tracker.lmtp_port, confirms, connections)
         ok2 = wait_for(db, conn, "SELECT COUNT(*) FROM subscriptions WHERE active", k, timeout)
         t2 = time.time()
+        cpu = tracker.cpu_seconds() - cpu0
+        database_cpu = db_cpu.stop()
         conn.close()
         return {
             "backend": backend, "mails": 2 * k, "connections": connections,
@@ -102,6 +108,11 @@ def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) 
             "subscribe_per_s": round(k / (t1 - t0), 1),
             "confirm_per_s": round(k / (t2 - t1), 1),
             "overall_per_s": round(2 * k / (t2 - t0), 1),
+            # CPU milliseconds per control mail: the tracker process, and
+            # PostgreSQL's backends serving it (None on SQLite, in-process).
+            "tracker_cpu_ms": round(cpu / (2 * k) * 1000, 2),
+            "db_cpu_ms": (round(database_cpu / (2 * k) * 1000, 2)
+                          if backend == "postgresql" else None),
         }
     finally:
         if tracker is not None:
@@ -123,11 +134,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = [run(b, args.mails, args.sink, args.timeout, args.connections)
                for b in args.backends.split(",")]
-    print(f"{'backend':<12}{'mails':>7}{'subscribe/s':>13}{'confirm/s':>11}{'overall/s':>11}")
+    print(f"{'backend':<12}{'mails':>7}{'subscribe/s':>13}{'confirm/s':>11}{'overall/s':>11}"
+          f"{'cpu ms':>8}{'db ms':>7}")
     for r in results:
         flag = "" if r["complete"] else "  INCOMPLETE"
         print(f"{r['backend']:<12}{r['mails']:>7}{r['subscribe_per_s']:>13}"
-              f"{r['confirm_per_s']:>11}{r['overall_per_s']:>11}{flag}")
+              f"{r['confirm_per_s']:>11}{r['overall_per_s']:>11}"
+              f"{r['tracker_cpu_ms']:>8}{str(r['db_cpu_ms'] or '-'):>7}{flag}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)

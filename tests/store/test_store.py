@@ -35,7 +35,7 @@ from trackermail.store.outbox import enqueue, outbox_body
 from trackermail.store.outbox_report import delivery_rows, outbox_summary
 from trackermail.store.packages import add_package, import_sources, resolve_package
 from trackermail.store.schema import current_version
-from trackermail.store.sql import Rows, Value
+from trackermail.store.sql import Exec, Later, Many, Notify, Rows, Value
 from trackermail.store.subscriptions import (
     dump_subscribers,
     recipients_for,
@@ -284,6 +284,50 @@ class StoreContractMixin:
             "SELECT COUNT(*) FROM outbox_messages")))
         self.assertEqual(count, 1)
 
+    async def test_later_statement_is_seen_by_the_next(self):
+        """A Later write is in place for the statement after it, and committed."""
+        def program():
+            yield Later("INSERT INTO packages (name, kind) VALUES (?, ?)", ("later", "source"))
+            return (yield Value("SELECT kind FROM packages WHERE name = ?", ("later",)))
+
+        self.assertEqual(await self.store.run(program), "source")
+        kind = await self.store.run(lambda: (yield Value(
+            "SELECT kind FROM packages WHERE name = 'later'")))
+        self.assertEqual(kind, "source")
+
+    async def test_failing_later_statement_fails_the_transaction(self):
+        """
+        A Later write that breaks a constraint fails the whole transaction,
+        even when nothing after it waits for an answer: nothing is committed.
+        """
+        await self.store.run(lambda: (yield Exec(
+            "INSERT INTO packages (name, kind) VALUES ('dup', 'source')")))
+
+        def program():
+            yield Exec("INSERT INTO packages (name, kind) VALUES ('first', 'source')")
+            yield Later("INSERT INTO packages (name, kind) VALUES ('dup', 'source')")
+            yield Notify("outbox")
+
+        with self.assertRaises(Exception):
+            await self.store.run(program)
+        names = await self.store.run(lambda: (yield Rows(
+            "SELECT name FROM packages WHERE name IN ('first', 'dup') ORDER BY name")))
+        self.assertEqual([r[0] for r in names], ["dup"])
+
+    async def test_program_error_discards_queued_writes(self):
+        """A program that raises after queuing writes commits none of them."""
+        def program():
+            yield Later("INSERT INTO packages (name, kind) VALUES ('queued', 'source')")
+            yield Many("INSERT INTO packages (name, kind) VALUES (?, ?)",
+                       [("many1", "source"), ("many2", "source")])
+            raise InvalidValue("changed my mind")
+
+        with self.assertRaises(InvalidValue):
+            await self.store.run(program)
+        count = await self.store.run(lambda: (yield Value(
+            "SELECT COUNT(*) FROM packages WHERE name IN ('queued', 'many1', 'many2')")))
+        self.assertEqual(count, 0)
+
     async def test_processed_ledger(self):
         """A digest is recorded once; recording it again says it was already there."""
         self.assertFalse(await self.store.run(is_processed, "abc"))
@@ -355,6 +399,47 @@ class SQLiteStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
 class PostgresStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):
     async def make_store(self):
         return await make_pg_store(self)
+
+
+class PostgresRoundTripTests(TestCase):
+    timeout = 60
+
+    async def test_queued_statements_share_round_trips(self):
+        """
+        BEGIN, Later, Many and Notify travel with the next statement that
+        has an answer, or with the COMMIT: this program takes two round
+        trips where one per statement would take seven.
+        """
+        from txpostgres import txpostgres
+
+        store = await make_pg_store(self)
+        sent = []
+        execute = txpostgres.Cursor.execute
+
+        def counting(cursor, query, params=None):
+            sent.append(query)
+            return execute(cursor, query, params)
+
+        self.patch(txpostgres.Cursor, "execute", counting)
+
+        def program():
+            yield Later("INSERT INTO packages (name, kind) VALUES (?, ?)", ("rt", "source"))
+            pid = yield Value("SELECT id FROM packages WHERE name = ?", ("rt",))
+            yield Many("INSERT INTO packages (name, kind) VALUES (?, ?)",
+                       [("rt1", "source"), ("rt2", "source")])
+            yield Notify("outbox")
+            yield Notify("outbox")
+            return pid
+
+        pid = await store.run(program)
+        self.assertIsInstance(pid, int)
+        self.assertEqual(len(sent), 2, sent)
+        self.assertTrue(sent[0].startswith(b"BEGIN; INSERT"), sent[0])
+        self.assertEqual(sent[1].count(b"pg_notify"), 1)
+        self.assertTrue(sent[1].endswith(b"COMMIT"), sent[1])
+        count = await store.run(lambda: (yield Value(
+            "SELECT COUNT(*) FROM packages WHERE name LIKE 'rt%'")))
+        self.assertEqual(count, 3)
 
 
 class PostgresNotifyTests(TestCase):

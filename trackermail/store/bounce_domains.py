@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from trackermail.store.sql import Exec, Rows, Value
+from trackermail.store.sql import Exec, Later, Rows, Value
 
 # Enough of a diagnostic to recognise it; they can be long.
 _MAX_DIAGNOSTIC = 300
@@ -47,7 +47,7 @@ def record_domain_bounce(day: str, domain: str, reason: str, group: str, hard: b
         "SELECT 1 FROM bounce_domains WHERE day = ? AND domain = ? AND reason = ?",
         (day, domain, reason),
     )
-    yield Exec(
+    yield Later(
         f"INSERT INTO bounce_domains (day, domain, reason, grp, {column}, first_seen,"
         f" last_seen, diagnostic) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
         f"ON CONFLICT (day, domain, reason) DO UPDATE SET"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from trackermail.errors import UnknownEmail
 from trackermail.store.emails import email_id
-from trackermail.store.sql import Exec, Many, Rows, Value
+from trackermail.store.sql import Exec, Later, Many, Rows, Value
 from trackermail.validation import normalize_email
 
 _COLUMNS = {"hard": "bounced", "soft": "soft", "refused": "refused"}
@@ -88,7 +88,7 @@ def record_effect(eid: int, day: str, effect: str):
     is C{"hard"}, C{"soft"} or C{"refused"} (refused for reasons of ours).
     """
     column = _COLUMNS[effect]
-    yield Exec(
+    yield Later(
         f"INSERT INTO bounce_stats (email_id, day, {column}) VALUES (?, ?, 1) "
         f"ON CONFLICT (email_id, day) DO UPDATE SET {column} = bounce_stats.{column} + 1",
         (eid, day),

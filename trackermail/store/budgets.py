@@ -16,7 +16,7 @@ C{jane@example.org}.
 
 from __future__ import annotations
 
-from trackermail.store.sql import Exec, Value
+from trackermail.store.sql import Later, Value
 from trackermail.validation import normalize_email
 
 
@@ -41,7 +41,7 @@ def count_unsolicited(email: str, day: str, limit: int):
     )
     if (sent or 0) >= limit:
         return False
-    yield Exec(
+    yield Later(
         "INSERT INTO confirmation_sends (email_lower, day, sent) VALUES (?, ?, 1) "
         "ON CONFLICT (email_lower, day) DO UPDATE SET sent = confirmation_sends.sent + 1",
         (key, day),
@@ -70,7 +70,7 @@ def replies_today(email: str, day: str):
 def count_reply(email: str, day: str):
     """Count one reply to C{email} on C{day}; fires with the day's count so far."""
     key = budget_key(email)
-    yield Exec(
+    yield Later(
         "INSERT INTO control_replies (address, day, sent) VALUES (?, ?, 1) "
         "ON CONFLICT (address, day) DO UPDATE SET sent = control_replies.sent + 1",
         (key, day),
@@ -80,5 +80,5 @@ def count_reply(email: str, day: str):
 
 def purge_budgets(today: str):
     """Forget the counters of days before C{today}."""
-    yield Exec("DELETE FROM confirmation_sends WHERE day < ?", (today,))
-    yield Exec("DELETE FROM control_replies WHERE day < ?", (today,))
+    yield Later("DELETE FROM confirmation_sends WHERE day < ?", (today,))
+    yield Later("DELETE FROM control_replies WHERE day < ?", (today,))

@@ -10,12 +10,12 @@ import json
 import secrets
 
 from trackermail.store.budgets import count_unsolicited, purge_budgets
-from trackermail.store.sql import Exec, Row, Rows
+from trackermail.store.sql import Exec, Later, Row, Rows
 from trackermail.validation import normalize_email
 
 
 def create_confirmation(key: str, email: str, commands: list, now: float):
-    yield Exec(
+    yield Later(
         "INSERT INTO confirmations (confirm_key, email_lower, commands, created) "
         "VALUES (?, ?, ?, ?)",
         (key, normalize_email(email).lower(), json.dumps(commands), now),
@@ -101,12 +101,12 @@ def reserve_key(email: str, commands: list, now: float, expiry: float):
         if len(remaining) == len(stored):
             continue
         if remaining:
-            yield Exec(
+            yield Later(
                 "UPDATE confirmations SET commands = ? WHERE confirm_key = ? AND used IS NULL",
                 (json.dumps(remaining), key),
             )
         else:
-            yield Exec(
+            yield Later(
                 "DELETE FROM confirmations WHERE confirm_key = ? AND used IS NULL", (key,)
             )
     key = secrets.token_urlsafe(KEY_BYTES)

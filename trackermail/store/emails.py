@@ -5,7 +5,7 @@ Addresses: one row per address, unique without regard to case.
 
 from __future__ import annotations
 
-from trackermail.store.sql import Exec, Value
+from trackermail.store.sql import Later, Value
 from trackermail.validation import normalize_email
 
 
@@ -19,7 +19,7 @@ def email_id(email: str, create: bool = True):
     found = yield Value("SELECT id FROM emails WHERE email_lower = ?", (key,))
     if found is not None or not create:
         return found
-    yield Exec(
+    yield Later(
         "INSERT INTO emails (email, email_lower) VALUES (?, ?) "
         "ON CONFLICT (email_lower) DO NOTHING",
         (email, key),

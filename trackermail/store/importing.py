@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-from trackermail.store.sql import Exec, Many, Rows
+from trackermail.store.sql import Later, Many, Rows
 from trackermail.store.subscriptions import new_salt
 
 # Rows per "IN (...)" lookup: far below SQLite's and PostgreSQL's limits.
@@ -62,7 +62,7 @@ def _keyword_sets(table: str, parent: str, parent_ids: Iterable[int]):
 def _replace_keyword_sets(table: str, parent: str, sets: Mapping[int, Iterable[int]]):
     owners = sorted(sets)
     for chunk in _chunks(owners):
-        yield Exec(f"DELETE FROM {table} WHERE {parent} IN ({_marks(len(chunk))})", list(chunk))
+        yield Later(f"DELETE FROM {table} WHERE {parent} IN ({_marks(len(chunk))})", list(chunk))
     yield Many(f"INSERT INTO {table} ({parent}, keyword_id) VALUES (?, ?)",
                [(owner, k) for owner in owners for k in sorted(sets[owner])])
 
@@ -91,7 +91,7 @@ def import_keywords(keywords: Sequence[tuple[str, bool, str]]):
     yield Many("INSERT INTO keywords (name, is_default, description) VALUES (?, ?, ?) "
                "ON CONFLICT (name) DO NOTHING", new)
     for flag, name in changed:
-        yield Exec("UPDATE keywords SET is_default = ? WHERE name = ?", (flag, name))
+        yield Later("UPDATE keywords SET is_default = ? WHERE name = ?", (flag, name))
     rows = yield Rows("SELECT name, id, is_default FROM keywords")
     ids = {name: ident for name, ident, _ in rows}
     defaults = frozenset(name for name, _, flag in rows if flag)
@@ -116,7 +116,7 @@ def import_packages(packages: Sequence[tuple[str, str]], binaries: Sequence[tupl
                new)
     for kind, names in sorted(promote.items()):
         for chunk in _chunks(sorted(names)):
-            yield Exec(f"UPDATE packages SET kind = ? WHERE kind = 'other' AND name IN "
+            yield Later(f"UPDATE packages SET kind = ? WHERE kind = 'other' AND name IN "
                        f"({_marks(len(chunk))})", [kind, *chunk])
     ids = {name: ident for name, ident, _ in (yield Rows("SELECT name, id, kind FROM packages"))}
     present = set()
@@ -177,7 +177,7 @@ def import_addresses(addresses: Sequence[tuple], now: float):
             replace[eid] = wanted
     for flag, eids in sorted(flags.items()):
         for chunk in _chunks(sorted(eids)):
-            yield Exec(f"UPDATE emails SET own_default_keywords = ? "
+            yield Later(f"UPDATE emails SET own_default_keywords = ? "
                        f"WHERE id IN ({_marks(len(chunk))})", [flag, *chunk])
     yield from _replace_keyword_sets("email_default_keywords", "email_id", replace)
     subscriptions = yield from _import_subscriptions(
@@ -356,7 +356,7 @@ def _import_membership_packages(specifics: Sequence[tuple]):
                "VALUES (?, ?, ?, ?) ON CONFLICT (membership_id, package_id) DO UPDATE SET "
                "muted = excluded.muted, own_keywords = excluded.own_keywords", upserts)
     for mid, pid in sorted(replace):
-        yield Exec("DELETE FROM membership_package_keywords "
+        yield Later("DELETE FROM membership_package_keywords "
                    "WHERE membership_id = ? AND package_id = ?", (mid, pid))
     yield Many("INSERT INTO membership_package_keywords (membership_id, package_id, keyword_id) "
                "VALUES (?, ?, ?)",
@@ -441,6 +441,6 @@ def import_batch(batch: Mapping[str, Mapping[str, str]], now: float):
         new_rows,
     )
     for sid in sorted(reactivate):
-        yield Exec("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
+        yield Later("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
                    (True, new_salt(), sid))
     return len(new_rows) + len(reactivate), already

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from trackermail.errors import AlreadyExists, InvalidValue, UnknownKeyword
 from trackermail.store.emails import email_id
-from trackermail.store.sql import Exec, Many, Rows, Value
+from trackermail.store.sql import Later, Many, Rows, Value
 from trackermail.validation import check_keyword
 
 
@@ -27,7 +27,7 @@ def add_keyword(name: str, is_default: bool, description: str = ""):
     exists = yield Value("SELECT id FROM keywords WHERE name = ?", (name,))
     if exists is not None:
         raise AlreadyExists(f'keyword "{name}" already exists')
-    yield Exec(
+    yield Later(
         "INSERT INTO keywords (name, is_default, description) VALUES (?, ?, ?)",
         (name, bool(is_default), description),
     )
@@ -93,12 +93,12 @@ def set_default_keywords(email: str, op: str, names: Iterable[str]):
     current = yield from default_keywords_of(eid)
     new = apply_keyword_op(current, op, names)
     ids = yield from keyword_ids(new)
-    yield Exec("DELETE FROM email_default_keywords WHERE email_id = ?", (eid,))
+    yield Later("DELETE FROM email_default_keywords WHERE email_id = ?", (eid,))
     yield Many(
         "INSERT INTO email_default_keywords (email_id, keyword_id) VALUES (?, ?)",
         [(eid, k) for k in ids],
     )
-    yield Exec("UPDATE emails SET own_default_keywords = TRUE WHERE id = ?", (eid,))
+    yield Later("UPDATE emails SET own_default_keywords = TRUE WHERE id = ?", (eid,))
     return new
 
 
@@ -141,5 +141,5 @@ def remove_keyword(name: str):
                   "membership_keywords", "membership_package_keywords"):
         used += int((yield Value(f"SELECT COUNT(*) FROM {table} WHERE keyword_id = ?",
                                  (kid,))))
-    yield Exec("DELETE FROM keywords WHERE id = ?", (kid,))
+    yield Later("DELETE FROM keywords WHERE id = ?", (kid,))
     return used

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from trackermail.errors import UnknownPackage
 from trackermail.store.packages import ensure_package, package_id
-from trackermail.store.sql import Exec, Rows
+from trackermail.store.sql import Later, Rows
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def add_news(package: str, title: str, content: bytes, content_type: str,
         pid = yield from package_id(package)
         if pid is None:
             raise UnknownPackage(package)
-    yield Exec(
+    yield Later(
         "INSERT INTO news (package_id, title, content, content_type, created_by, created) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (pid, title, bytes(content), content_type, created_by, now),

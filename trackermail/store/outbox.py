@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from trackermail.store.sql import Exec, Many, Notify, Row, Rows, Value
+from trackermail.store.sql import Exec, Later, Many, Notify, Row, Rows, Value
 
 CHUNK_SIZE = 1024 * 1024
 _ERROR_MAX = 1000
@@ -185,7 +185,7 @@ def enqueue(body, deliveries: Sequence[tuple], now: float, origin: str = ""):
         yield Exec("INSERT INTO outbox_chunks (message_id, seq, data) VALUES (?, ?, ?)",
                    (mid, seq, chunk))
     if seq:
-        yield Exec("UPDATE outbox_messages SET size = ? WHERE id = ?", (size, mid))
+        yield Later("UPDATE outbox_messages SET size = ? WHERE id = ?", (size, mid))
     yield Many(
         "INSERT INTO outbox_deliveries "
         "(message_id, recipient, sender, next_attempt, created, prefix) "
@@ -398,7 +398,7 @@ def record_results(node: str, now: float, results: Sequence[Result], hook: Calla
     for n, run in groupby(sorted(per_message.items()), key=lambda item: item[1]):
         for group in _groups([message_id for message_id, _ in run]):
             done.sent += n * len(group)
-            yield Exec("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
+            yield Later("UPDATE outbox_messages SET sent = sent + ?, last_sent = ? "
                        f"WHERE id IN ({placeholders(len(group))})", (n, now, *group))
     for (when, code, text), ids in deferred.items():
         for group in _groups(sorted(ids)):
@@ -433,7 +433,7 @@ def purge_finished(before: float):
     are kept for the operator.
     """
     # A message with no copy sent (its deliveries deleted by hand): by its creation.
-    yield Exec(
+    yield Later(
         "DELETE FROM outbox_messages WHERE COALESCE(last_sent, created) < ? AND NOT EXISTS "
         "(SELECT 1 FROM outbox_deliveries d WHERE d.message_id = outbox_messages.id)",
         (before,),

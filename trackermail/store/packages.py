@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from trackermail.errors import InvalidValue, UnknownPackage
-from trackermail.store.sql import Exec, Many, Row, Rows, Value
+from trackermail.store.sql import Later, Many, Row, Rows, Value
 from trackermail.validation import check_package_name
 
 
@@ -47,13 +47,13 @@ def ensure_package(name: str, kind: str = "other"):
     check_package_name(name)
     pid = yield from package_id(name)
     if pid is None:
-        yield Exec(
+        yield Later(
             "INSERT INTO packages (name, kind) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
             (name, kind),
         )
         pid = yield from package_id(name)
     elif kind != "other":
-        yield Exec(
+        yield Later(
             "UPDATE packages SET kind = ? WHERE id = ? AND kind = 'other'", (kind, pid)
         )
     return pid
@@ -66,7 +66,7 @@ def add_package(name: str, kind: str = "source", binaries: Sequence[str] = ()):
         check_package_name(b)
     pid = yield from ensure_package(name, kind)
     if kind != "other":
-        yield Exec("UPDATE packages SET kind = ? WHERE id = ?", (kind, pid))
+        yield Later("UPDATE packages SET kind = ? WHERE id = ?", (kind, pid))
     if binaries:
         yield Many(
             "INSERT INTO binary_packages (name, source_id) VALUES (?, ?) "
@@ -95,7 +95,7 @@ def import_sources(entries: Sequence[tuple[str, Sequence[str]]]):
     promote = sorted(pid for name, pid, kind in known if kind == "other" and name in wanted)
     for start in range(0, len(promote), 500):
         chunk = promote[start: start + 500]
-        yield Exec(
+        yield Later(
             f"UPDATE packages SET kind = 'source' WHERE id IN ({','.join('?' * len(chunk))})",
             chunk,
         )
@@ -195,5 +195,5 @@ def remove_package(name: str):
     teams = yield Value("SELECT COUNT(*) FROM team_packages WHERE package_id = ?", (pid,))
     news = yield Value("SELECT COUNT(*) FROM news WHERE package_id = ?", (pid,))
     binaries = yield Value("SELECT COUNT(*) FROM binary_packages WHERE source_id = ?", (pid,))
-    yield Exec("DELETE FROM packages WHERE id = ?", (pid,))
+    yield Later("DELETE FROM packages WHERE id = ?", (pid,))
     return PackageRemoval(name, int(subscriptions), int(teams), int(news), int(binaries))

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from trackermail.errors import StoreUnavailable
 from trackermail.store.base import StoreBase
 from trackermail.store.interface import IStore
-from trackermail.store.sql import run_async
+from trackermail.store.sql import AsyncTransaction
 
 log = Logger()
 
@@ -88,6 +88,22 @@ class _StoppableDetector(reconnection.DeadConnectionDetector):
         self._call = None
 
 
+class _Connection(txpostgres.Connection):
+    """
+    A txpostgres connection that runs store programs in transactions of
+    its own making (L{AsyncTransaction}): C{runInteraction} spends a round
+    trip on C{BEGIN} alone and one on C{COMMIT} alone. It keeps what
+    C{runInteraction} is for: the connection's lock and the dead-connection
+    detector around the whole transaction.
+    """
+
+    def runProgram(self, program) -> Deferred:
+        return self._doit(self._run_program, program)
+
+    def _run_program(self, program) -> Deferred:
+        return Deferred.fromCoroutine(AsyncTransaction(self.cursor()).run(program))
+
+
 def _translate(failure: Failure) -> Failure:
     if failure.check(*_DEAD):
         return Failure(StoreUnavailable(f"PostgreSQL: {failure.getErrorMessage().strip()}"))
@@ -119,7 +135,7 @@ class PostgresStore(StoreBase):
 
     def _connection(self):
         detector = _StoppableDetector(reactor=self._reactor)
-        conn = txpostgres.Connection(reactor=self._reactor, detector=detector)
+        conn = _Connection(reactor=self._reactor, detector=detector)
         return conn
 
     def start(self) -> Deferred:
@@ -172,11 +188,7 @@ class PostgresStore(StoreBase):
             await self._semaphore.acquire()
             conn = self._idle.pop()
             try:
-                return await conn.runInteraction(
-                    lambda cursor: Deferred.fromCoroutine(
-                        run_async(cursor, program(*args, **kwargs))
-                    )
-                )
+                return await conn.runProgram(program(*args, **kwargs))
             except _RETRYABLE:
                 if attempt == 4:
                     raise

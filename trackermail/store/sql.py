@@ -47,6 +47,17 @@ class Exec(Op):
     """Run a statement; the result is the row count."""
 
 
+class Later(Op):
+    """
+    Run a statement whose result nobody reads (the result is None). The
+    PostgreSQL driver sends it in one round trip with the next statement
+    that has an answer to wait for, or with the COMMIT; an error in it
+    then fails the transaction there. So use it only where any error
+    aborts the transaction anyway: a program that catches a database
+    error must use L{Exec}.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Many:
     """
@@ -105,6 +116,8 @@ class SyncDriver:
                 cursor.executemany(op.sql, op.rows)
             return None
         cursor.execute(op.sql, tuple(op.params))
+        if isinstance(op, Later):
+            return None
         if isinstance(op, Rows):
             return cursor.fetchall()
         if isinstance(op, Row):
@@ -117,29 +130,86 @@ class SyncDriver:
 
 MANY_CHUNK = 1000
 
+#: Queued statement text past which it is sent without waiting for a
+#: statement with an answer: a fan-out's deliveries are never held whole.
+QUEUE_LIMIT = 1024 * 1024
 
-async def run_async(cursor, program: Program) -> Any:
+
+class AsyncTransaction:
     """
-    Run a program over a txpostgres cursor (C{execute} returns a Deferred).
+    Runs a program in one transaction over a txpostgres cursor (whose
+    C{execute} returns a Deferred), in as few round trips as its answers
+    allow. Statements nobody waits for (C{BEGIN}, L{Later}, L{Many},
+    L{Notify}) are queued and sent ahead of the next statement in the same
+    query text: PostgreSQL runs them in order and answers with the last
+    one's result. The C{COMMIT} carries whatever is still queued, and the
+    notifications once per channel (PostgreSQL folds duplicates anyway).
+
+    Parameters are bound by psycopg2 on the client (C{mogrify}), as its
+    C{execute} does, so a queued text is exactly what would have been sent.
     """
-    try:
-        op = next(program)
-        while True:
-            try:
-                result = await _execute_async(cursor, op)
-            except Exception as e:
-                op = program.throw(e)
-            else:
-                op = program.send(result)
-    except StopIteration as stop:
-        return stop.value
 
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self._queued: list[bytes] = [b"BEGIN"]
+        self._queued_bytes = 0
+        self._channels: list[str] = []
+        self.started = False
 
-async def _execute_async(cursor, op):
-    if isinstance(op, Notify):
-        await cursor.execute("SELECT pg_notify(%s, '')", (op.channel,))
+    async def run(self, program: Program) -> Any:
+        """Run C{program}, commit, and return its result; roll back on any error."""
+        try:
+            result = await self._drive(program)
+            await self._commit()
+        except BaseException:
+            await self._rollback()
+            raise
+        return result
+
+    async def _drive(self, program: Program) -> Any:
+        try:
+            op = next(program)
+            while True:
+                try:
+                    result = await self._execute(op)
+                except Exception as e:
+                    op = program.throw(e)
+                else:
+                    op = program.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def _bind(self, sql: str, params: Sequence[Any]) -> bytes:
+        return self.cursor.mogrify(_pg_text(sql), tuple(params))
+
+    def _queue(self, text: bytes) -> None:
+        self._queued.append(text)
+        self._queued_bytes += len(text)
+
+    async def _send(self, text: bytes | None) -> None:
+        parts = self._queued + ([text] if text is not None else [])
+        self._queued, self._queued_bytes = [], 0
+        if parts:
+            self.started = True
+            await self.cursor.execute(b"; ".join(parts))
+
+    async def _execute(self, op) -> Any:
+        if isinstance(op, Notify):
+            if op.channel not in self._channels:
+                self._channels.append(op.channel)
+            return None
+        if isinstance(op, Many):
+            self._queue_many(op)
+        elif isinstance(op, Later):
+            self._queue(self._bind(op.sql, op.params))
+        else:
+            await self._send(self._bind(op.sql, op.params))
+            return _result(self.cursor, op)
+        if self._queued_bytes >= QUEUE_LIMIT:
+            await self._send(None)
         return None
-    if isinstance(op, Many):
+
+    def _queue_many(self, op: Many) -> None:
         match = _VALUES.search(op.sql)
         if match is None:
             raise ValueError(f"Many() needs a VALUES (?, ...) clause: {op.sql!r}")
@@ -151,9 +221,23 @@ async def _execute_async(cursor, op):
             chunk = rows[start: start + MANY_CHUNK]
             params = [v for row in chunk for v in row]
             sql = head + "VALUES " + ",".join([group] * len(chunk)) + tail
-            await cursor.execute(sql, params)
-        return None
-    await cursor.execute(_pg_text(op.sql), tuple(op.params))
+            self._queue(self.cursor.mogrify(sql, params))
+
+    async def _commit(self) -> None:
+        for channel in self._channels:
+            self._queue(self.cursor.mogrify("SELECT pg_notify(%s, '')", (channel,)))
+        self._queue(b"COMMIT")
+        await self._send(None)
+
+    async def _rollback(self) -> None:
+        self._queued, self._queued_bytes = [], 0
+        if self.started:
+            # Failing here leaves the connection in an unknown state: the
+            # caller treats it as dead.
+            await self.cursor.execute("ROLLBACK")
+
+
+def _result(cursor, op) -> Any:
     if isinstance(op, Rows):
         return cursor.fetchall()
     if isinstance(op, Row):

@@ -24,7 +24,7 @@ from trackermail.store.keywords import (
     keyword_ids,
 )
 from trackermail.store.packages import ensure_package, package_id
-from trackermail.store.sql import Exec, Many, Row, Rows, Value
+from trackermail.store.sql import Exec, Later, Many, Row, Rows, Value
 from trackermail.validation import normalize_email
 
 
@@ -46,7 +46,7 @@ def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
         (eid, pid),
     )
     if row is None:
-        yield Exec(
+        yield Later(
             "INSERT INTO subscriptions (email_id, package_id, active, created, token_salt) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (email_id, package_id) DO NOTHING",
             (eid, pid, bool(active), now, new_salt()),
@@ -56,7 +56,7 @@ def subscribe(email: str, package: str, active: bool = True, now: float = 0.0):
         return False
     # Starting again is a new subscription: the links of its earlier life
     # must not work for it.
-    yield Exec("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
+    yield Later("UPDATE subscriptions SET active = ?, token_salt = ? WHERE id = ?",
                (bool(active), new_salt(), row[0]))
     return True
 
@@ -87,7 +87,7 @@ def unsubscribe_all(email: str):
     packages = yield from subscriptions_of(email)
     eid = yield from email_id(email, create=False)
     if eid is not None:
-        yield Exec("DELETE FROM subscriptions WHERE email_id = ?", (eid,))
+        yield Later("DELETE FROM subscriptions WHERE email_id = ?", (eid,))
     return packages
 
 
@@ -146,12 +146,12 @@ def set_subscription_keywords(email: str, package: str, op: str, names: Iterable
     row, _ = yield from _subscription(email, package)
     new = apply_keyword_op(current, op, names)
     ids = yield from keyword_ids(new)
-    yield Exec("DELETE FROM subscription_keywords WHERE subscription_id = ?", (row[0],))
+    yield Later("DELETE FROM subscription_keywords WHERE subscription_id = ?", (row[0],))
     yield Many(
         "INSERT INTO subscription_keywords (subscription_id, keyword_id) VALUES (?, ?)",
         [(row[0], k) for k in ids],
     )
-    yield Exec("UPDATE subscriptions SET own_keywords = TRUE WHERE id = ?", (row[0],))
+    yield Later("UPDATE subscriptions SET own_keywords = TRUE WHERE id = ?", (row[0],))
     return new
 
 
@@ -333,7 +333,7 @@ def unsubscribe_by_token(secret: str, token: str, package: str | None = None):
     if found is None:
         return None
     sid, email, name = found
-    yield Exec("DELETE FROM subscriptions WHERE id = ?", (sid,))
+    yield Later("DELETE FROM subscriptions WHERE id = ?", (sid,))
     return email, name
 
 

@@ -16,7 +16,7 @@ from trackermail.store.keywords import (
     keyword_ids,
 )
 from trackermail.store.packages import package_id
-from trackermail.store.sql import Exec, Many, Row, Rows, Value
+from trackermail.store.sql import Exec, Later, Many, Row, Rows, Value
 from trackermail.validation import check_slug, normalize_email
 
 
@@ -56,13 +56,13 @@ def add_team(slug: str, name: str, owner: str | None, public: bool = True):
     owner_id = None
     if owner:
         owner_id = yield from email_id(owner)
-    yield Exec(
+    yield Later(
         "INSERT INTO teams (slug, name, public, owner_id) VALUES (?, ?, ?, ?)",
         (slug, name or slug, bool(public), owner_id),
     )
     tid = yield from team_id(slug)
     if owner_id is not None:
-        yield Exec(
+        yield Later(
             "INSERT INTO memberships (team_id, email_id) VALUES (?, ?) "
             "ON CONFLICT (team_id, email_id) DO NOTHING",
             (tid, owner_id),
@@ -75,7 +75,7 @@ def team_add_package(slug: str, package: str):
     pid = yield from package_id(package)
     if pid is None:
         raise UnknownPackage(f'no package "{package}"')
-    yield Exec(
+    yield Later(
         "INSERT INTO team_packages (team_id, package_id) VALUES (?, ?) "
         "ON CONFLICT DO NOTHING",
         (tid, pid),
@@ -154,12 +154,12 @@ def set_membership_muted(slug: str, email: str, muted: bool, package: str | None
     if mid is None:
         raise UnknownEmail(f"{email} is not a member of {slug}")
     if package is None:
-        yield Exec("UPDATE memberships SET muted = ? WHERE id = ?", (bool(muted), mid))
+        yield Later("UPDATE memberships SET muted = ? WHERE id = ?", (bool(muted), mid))
         return
     pid = yield from package_id(package)
     if pid is None:
         raise UnknownPackage(package)
-    yield Exec(
+    yield Later(
         "INSERT INTO membership_packages (membership_id, package_id, muted) VALUES (?, ?, ?) "
         "ON CONFLICT (membership_id, package_id) DO UPDATE SET muted = excluded.muted",
         (mid, pid, bool(muted)),
@@ -178,23 +178,23 @@ def set_membership_keywords(slug: str, email: str, names: Iterable[str],
         raise UnknownEmail(f"{email} is not a member of {slug}")
     ids = yield from keyword_ids(names)
     if package is None:
-        yield Exec("DELETE FROM membership_keywords WHERE membership_id = ?", (mid,))
+        yield Later("DELETE FROM membership_keywords WHERE membership_id = ?", (mid,))
         yield Many(
             "INSERT INTO membership_keywords (membership_id, keyword_id) VALUES (?, ?)",
             [(mid, k) for k in ids],
         )
-        yield Exec("UPDATE memberships SET own_keywords = TRUE WHERE id = ?", (mid,))
+        yield Later("UPDATE memberships SET own_keywords = TRUE WHERE id = ?", (mid,))
         return
     pid = yield from package_id(package)
     if pid is None:
         raise UnknownPackage(package)
-    yield Exec(
+    yield Later(
         "INSERT INTO membership_packages (membership_id, package_id, own_keywords) "
         "VALUES (?, ?, TRUE) ON CONFLICT (membership_id, package_id) "
         "DO UPDATE SET own_keywords = TRUE",
         (mid, pid),
     )
-    yield Exec(
+    yield Later(
         "DELETE FROM membership_package_keywords WHERE membership_id = ? AND package_id = ?",
         (mid, pid),
     )
@@ -215,7 +215,7 @@ def mute_all_memberships(email: str):
         "WHERE m.email_id = ? AND NOT m.muted ORDER BY t.slug",
         (eid,),
     )
-    yield Exec("UPDATE memberships SET muted = TRUE WHERE email_id = ?", (eid,))
+    yield Later("UPDATE memberships SET muted = TRUE WHERE email_id = ?", (eid,))
     return [r[0] for r in rows]
 
 
@@ -334,7 +334,7 @@ def remove_team(slug: str):
     tid = yield from team_id(slug)
     members = yield Value("SELECT COUNT(*) FROM memberships WHERE team_id = ?", (tid,))
     packages = yield Value("SELECT COUNT(*) FROM team_packages WHERE team_id = ?", (tid,))
-    yield Exec("DELETE FROM teams WHERE id = ?", (tid,))
+    yield Later("DELETE FROM teams WHERE id = ?", (tid,))
     return int(members), int(packages)
 
 
