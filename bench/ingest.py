@@ -44,15 +44,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def serve_tracker(kind: str, spool_dir: str, fsync: bool) -> None:
     sys.path.insert(0, ROOT)
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from trackermail.config import config_from_dict
     from trackermail.ingress.service import build_lmtp_factory, build_smtp_factory
     from trackermail.ingress.spool import Spool
+    from trackermail.logs import TextLogObserver
 
-    # Log like a deployment would, to a file.
+    # Log like a deployment would (twistd -n gives the tracker this
+    # observer), to a file.
     logfile = open(os.path.join(spool_dir, "server.log"), "a")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([TextLogObserver(logfile)], redirectStandardIO=False)
     # The benchmark's clients all come from 127.0.0.1, up to 50 at once.
     config = config_from_dict({"tracker": {"fqdn": FQDN, "dev": True},
                                "limits": {"max_connections_per_ip": 0}}, warn=lambda m: None)

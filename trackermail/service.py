@@ -189,6 +189,19 @@ class TrackerService(service.MultiService):
     exit_on_listen_error = False
     #: twistd's pid file, removed before such an exit (twistd would on an exception).
     pidfile: str | None = None
+    #: The log observer to give the application (see L{trackermail.logs}).
+    log_observer = None
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        # twistd asks the application for its log observer after the plugin
+        # made it, and only uses its own when there is none.
+        observer, self.log_observer = self.log_observer, None
+        if observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, observer)
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)
@@ -407,8 +420,11 @@ def twistd_service(config: Config, twistd_options=None) -> TrackerService:
     top = buildService(config)
     top.exit_on_listen_error = True
     if twistd_options is not None:
+        from trackermail.logs import twistd_observer
+
         try:
             top.pidfile = twistd_options["pidfile"] or None
         except KeyError:
             top.pidfile = None
+        top.log_observer = twistd_observer(twistd_options)
     return top
