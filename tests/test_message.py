@@ -46,6 +46,23 @@ class HeaderTests(SynchronousTestCase):
         self.assertIn("caf", header(msg, "Subject"))
         self.assertEqual(header_values(msg, "X-Loop"), ["a", "b"])
 
+    def test_unstructured_headers_read_as_the_policy_reads_them(self):
+        """
+        Headers read from their raw value (all but addresses, dates and MIME
+        headers) give the text the default policy's header objects give.
+        """
+        raw = (b"Subject: =?utf-8?q?caf=C3=A9?= =?utf-8?q?_au_lait?= ok\r\n"
+               b"X-Debian-Package: =?iso-8859-1?q?p=E9?=\r\n"
+               b"Message-ID: <a.b@example.org>\r\n"
+               b"References: <x@example.org>\r\n <y@example.org>\r\n"
+               b"X-Plain: just text\r\n\r\nbody\r\n")
+        msg = parse(raw)
+        for name in ("Subject", "X-Debian-Package", "Message-ID", "References", "X-Plain"):
+            expected = [" ".join(str(v).split()) for v in msg.get_all(name)]
+            self.assertEqual([" ".join(v.split()) for v in header_values(msg, name)],
+                             expected, name)
+        self.assertEqual(header(msg, "Subject"), "caf\u00e9 au lait ok")
+
     def test_malformed_address_header(self):
         """A From that is not an address yields no address, not an error."""
         msg = parse(b"From: <<<@@@>>>\r\n\r\n")

@@ -99,11 +99,24 @@ def decode_raw_header(value) -> str:
         except Exception:
             value = value.encode() if hasattr(value, "encode") else ""
     value = _FOLDING.sub(" ", _clean_text(str(value)))
+    if "=?" not in value:
+        return value
     try:
         return "".join(decode_bytes(data, charset) if isinstance(data, bytes) else data
                        for data, charset in decode_header(value))
     except Exception:
         return value
+
+
+#: Headers whose text the default policy rewrites (addresses, dates, MIME
+#: parameters): read through its header objects. Any other header reads
+#: the same decoded from the raw value, without the parse tree the policy
+#: builds for it, which cost more than the rest of reading a control mail.
+_PARSED = frozenset({
+    "from", "to", "cc", "bcc", "sender", "reply-to", "resent-from", "resent-to",
+    "resent-cc", "resent-bcc", "resent-sender", "date", "resent-date",
+    "content-type", "content-disposition", "content-transfer-encoding", "mime-version",
+})
 
 
 def _raw_header_values(msg, name: str) -> list[str]:
@@ -131,8 +144,9 @@ def header_values(msg, name: str) -> list[str]:
     the default policy and with C{compat32} (whose values are raw text: the
     bounce analyzer parses that way, it is much cheaper).
     """
-    if isinstance(getattr(msg, "policy", None), Compat32) and not isinstance(
-            msg.policy, EmailPolicy):
+    if name.lower() not in _PARSED or (
+            isinstance(getattr(msg, "policy", None), Compat32)
+            and not isinstance(msg.policy, EmailPolicy)):
         return _raw_header_values(msg, name)
     try:
         values = msg.get_all(name) or []
