@@ -185,7 +185,9 @@ class Tracker:
             f.write(
                 f'[tracker]\nfqdn = "{FQDN}"\nsecret_key = "{secrets.token_hex(16)}"\n'
                 f'[spool]\npath = "{tmp}/spool"\n'
+                f"concurrency = {os.environ.get('BENCH_CONCURRENCY', 8)}\n"
                 f'[database]\nurl = "{db_url}"\n'
+                f"pool_size = {os.environ.get('BENCH_POOL', 4)}\n"
                 f'[smtp]\nlisten = []\n'
                 f'[lmtp]\nlisten = ["tcp:{self.lmtp_port}:interface=127.0.0.1"]\n'
                 f'[outbound]\nsmarthost = "127.0.0.1:{sink_port}"\n'
