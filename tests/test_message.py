@@ -17,6 +17,7 @@ from trackermail.message import (
     build_mail,
     has_header,
     header,
+    header_address,
     header_values,
     parse_message,
     plain_text,
@@ -62,6 +63,21 @@ class HeaderTests(SynchronousTestCase):
             self.assertEqual([" ".join(v.split()) for v in header_values(msg, name)],
                              expected, name)
         self.assertEqual(header(msg, "Subject"), "caf\u00e9 au lait ok")
+
+    def test_header_address_same_as_parsed_header(self):
+        """
+        The address read from the raw From: is the one the policy's header
+        object gives, for quoting, comments, folding, lists, 8-bit names
+        and garbage; an encoded word in it takes the policy's way.
+        """
+        for value in (b"<<<@@@>>>", b"Foo Bar <a@b.org>", b'"Doe, John" <j@x.org>',
+                      b"=?utf-8?q?Doe=2C_John?= <j@x.org>", b"a@b.org (comment)",
+                      b"a@b.org, c@d.org", b"Jane\r\n <jane@x.org>", b"caf\xc3\xa9 <c@x.org>",
+                      b"undisclosed-recipients:;", b"=?utf-8?b?w6k=?=@x.org", b"<>"):
+            msg = parse(b"From: " + value + b"\r\n\r\n")
+            self.assertEqual(header_address(msg, "From"),
+                             address_of(header(msg, "From")), value)
+        self.assertEqual(header_address(parse(b"To: a@b.org\r\n\r\n"), "From"), "")
 
     def test_malformed_address_header(self):
         """A From that is not an address yields no address, not an error."""

@@ -42,9 +42,9 @@ from trackermail.control.stored import describe
 from trackermail.errors import InvalidValue
 from trackermail.handling import Outcome
 from trackermail.message import (
-    address_of,
     build_mail,
     header,
+    header_address,
     header_values,
     plain_text,
 )
@@ -245,7 +245,7 @@ def drop_reason(incoming, control: str) -> str | None:
 
 def sender_address(incoming) -> str | None:
     """The address to answer: From:, else the envelope sender; None when neither is valid."""
-    for candidate in (address_of(header(incoming.msg, "From", "")), incoming.envelope_from):
+    for candidate in (header_address(incoming.msg, "From"), incoming.envelope_from):
         if not candidate:
             continue
         try:
