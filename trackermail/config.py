@@ -52,6 +52,7 @@ class SpoolSection:
 class DatabaseSection:
     url: str = "sqlite:///var/tracker.sqlite"
     pool_size: int = 4
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)

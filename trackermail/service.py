@@ -260,7 +260,8 @@ def buildService(config: Config, reactor=None) -> TrackerService:
     top = TrackerService()
     top.config = config
     store = open_store(config.database.url, reactor=reactor,
-                       pool_size=config.database.pool_size)
+                       pool_size=config.database.pool_size,
+                       prepared_statements=config.database.prepared_statements)
     store_service = StoreService(store)
     store_service.setServiceParent(top)
     for part in _PARTS:

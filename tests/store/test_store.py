@@ -434,12 +434,91 @@ class PostgresRoundTripTests(TestCase):
         pid = await store.run(program)
         self.assertIsInstance(pid, int)
         self.assertEqual(len(sent), 2, sent)
-        self.assertTrue(sent[0].startswith(b"BEGIN; INSERT"), sent[0])
+        self.assertTrue(sent[0].startswith(b"BEGIN; "), sent[0])
         self.assertEqual(sent[1].count(b"pg_notify"), 1)
         self.assertTrue(sent[1].endswith(b"COMMIT"), sent[1])
         count = await store.run(lambda: (yield Value(
             "SELECT COUNT(*) FROM packages WHERE name LIKE 'rt%'")))
         self.assertEqual(count, 3)
+
+
+class PostgresPreparedTests(TestCase):
+    timeout = 60
+
+    async def test_statements_run_prepared(self):
+        """A statement run twice on a connection is prepared once, then executed."""
+        from txpostgres import txpostgres
+
+        from trackermail.store.postgres import PostgresStore
+
+        store = PostgresStore((await make_pg_store(self)).dsn, size=1)
+        self.addCleanup(store.close)
+        sent = []
+        execute = txpostgres.Cursor.execute
+        self.patch(txpostgres.Cursor, "execute",
+                   lambda cursor, query, params=None: sent.append(query) or execute(
+                       cursor, query, params))
+
+        def kind(name):
+            return (yield Value("SELECT kind FROM packages WHERE name = ?", (name,)))
+
+        self.assertIsNone(await store.run(kind, "nothing"))
+        self.assertIsNone(await store.run(kind, "nothing else"))
+        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        self.assertEqual(texts.count(b"PREPARE "), 1)
+        self.assertEqual(texts.count(b"EXECUTE "), 2)
+        self.assertIn(b"'nothing else'", texts)
+
+    async def test_switched_off(self):
+        """With prepared_statements off (behind a transaction pooler) nothing is prepared."""
+        from txpostgres import txpostgres
+
+        from trackermail.config import config_from_dict
+        from trackermail.store import open_store
+
+        config = config_from_dict({"tracker": {"fqdn": "t.example.org", "dev": True},
+                                   "database": {"prepared_statements": False}},
+                                  warn=lambda m: None)
+        self.assertFalse(config.database.prepared_statements)
+        store = open_store((await make_pg_store(self)).dsn, pool_size=1,
+                           prepared_statements=config.database.prepared_statements)
+        self.addCleanup(store.close)
+        sent = []
+        execute = txpostgres.Cursor.execute
+        self.patch(txpostgres.Cursor, "execute",
+                   lambda cursor, query, params=None: sent.append(query) or execute(
+                       cursor, query, params))
+        for _ in range(2):
+            await store.run(lambda: (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?",
+                                                 ("source",))))
+        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        self.assertNotIn(b"PREPARE", texts)
+        self.assertEqual(texts.count(b"SELECT COUNT(*) FROM packages"), 2)
+
+    async def test_failure_before_a_queued_prepare(self):
+        """
+        When a statement fails ahead of a PREPARE in the same query text,
+        that PREPARE never ran: the connection forgets what it prepared and
+        the next transaction prepares again instead of failing.
+        """
+        from trackermail.store.postgres import PostgresStore
+
+        store = PostgresStore((await make_pg_store(self)).dsn, size=1)
+        self.addCleanup(store.close)
+        await store.run(lambda: (yield Exec(
+            "INSERT INTO packages (name, kind) VALUES ('taken', 'source')")))
+
+        def clash():
+            yield Later("INSERT INTO packages (name, kind) VALUES (?, ?)", ("taken", "source"))
+            return (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?", ("source",)))
+
+        with self.assertRaises(Exception):
+            await store.run(clash)
+
+        def count():
+            return (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?", ("source",)))
+
+        self.assertEqual(await store.run(count), 1)
 
 
 class PostgresNotifyTests(TestCase):

@@ -5,11 +5,13 @@ The tracker's persistent state: L{IStore} and its two backends.
 from trackermail.errors import ConfigError
 
 
-def open_store(url: str, reactor=None, pool_size: int = 4, readonly: bool = False):
+def open_store(url: str, reactor=None, pool_size: int = 4, readonly: bool = False,
+               prepared_statements: bool = True):
     """
     Build (not start) the store for a C{[database] url}: C{sqlite:///PATH}
     or C{postgresql://...}. C{readonly} opens an SQLite file read-only
-    (never creating it).
+    (never creating it). C{prepared_statements} keeps PostgreSQL's
+    statements prepared on each connection.
     """
     if url.startswith("sqlite:///"):
         from trackermail.store.sqlite import MemoryStore, SQLiteStore
@@ -21,5 +23,6 @@ def open_store(url: str, reactor=None, pool_size: int = 4, readonly: bool = Fals
     if url.startswith(("postgresql://", "postgres://")):
         from trackermail.store.postgres import PostgresStore
 
-        return PostgresStore(url, size=pool_size, reactor=reactor)
+        return PostgresStore(url, size=pool_size, reactor=reactor,
+                             prepared_statements=prepared_statements)
     raise ConfigError(f"[database] url: unsupported database URL {url!r}")

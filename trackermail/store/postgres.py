@@ -24,7 +24,7 @@ from zope.interface import implementer
 from trackermail.errors import StoreUnavailable
 from trackermail.store.base import StoreBase
 from trackermail.store.interface import IStore
-from trackermail.store.sql import AsyncTransaction
+from trackermail.store.sql import AsyncTransaction, Prepared
 
 log = Logger()
 
@@ -92,16 +92,31 @@ class _Connection(txpostgres.Connection):
     """
     A txpostgres connection that runs store programs in transactions of
     its own making (L{AsyncTransaction}): C{runInteraction} spends a round
-    trip on C{BEGIN} alone and one on C{COMMIT} alone. It keeps what
+    trip on C{BEGIN} alone and one on C{COMMIT} alone, and keeps the
+    statements it runs prepared on its server session. It keeps what
     C{runInteraction} is for: the connection's lock and the dead-connection
     detector around the whole transaction.
     """
+
+    #: Whether statements are kept prepared: not behind a pooler that
+    #: hands each transaction another server session (PgBouncer's
+    #: transaction mode), where they would not be found again.
+    prepare = True
+    _prepared: Prepared | None = None
+    _prepared_on = None
 
     def runProgram(self, program) -> Deferred:
         return self._doit(self._run_program, program)
 
     def _run_program(self, program) -> Deferred:
-        return Deferred.fromCoroutine(AsyncTransaction(self.cursor()).run(program))
+        # Prepared statements belong to the server session: a reconnection
+        # (a new psycopg2 connection under this object) starts with none.
+        if not self.prepare:
+            return Deferred.fromCoroutine(AsyncTransaction(self.cursor()).run(program))
+        if self._prepared is None or self._prepared_on is not self._connection:
+            self._prepared, self._prepared_on = Prepared(), self._connection
+        return Deferred.fromCoroutine(
+            AsyncTransaction(self.cursor(), self._prepared).run(program))
 
 
 def _translate(failure: Failure) -> Failure:
@@ -118,13 +133,14 @@ class PostgresStore(StoreBase):
 
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, size: int = 4, reactor=None):
+    def __init__(self, dsn: str, size: int = 4, reactor=None, prepared_statements: bool = True):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.dsn = dsn
         self.size = max(1, size)
+        self.prepared_statements = prepared_statements
         self._reactor = reactor
         self._idle: list = []
         self._all: list = []
@@ -136,6 +152,7 @@ class PostgresStore(StoreBase):
     def _connection(self):
         detector = _StoppableDetector(reactor=self._reactor)
         conn = _Connection(reactor=self._reactor, detector=detector)
+        conn.prepare = self.prepared_statements
         return conn
 
     def start(self) -> Deferred:

