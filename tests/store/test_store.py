@@ -521,6 +521,36 @@ class PostgresPreparedTests(TestCase):
         self.assertEqual(await store.run(count), 1)
 
 
+class PostgresQueueTests(TestCase):
+    timeout = 60
+
+    async def test_large_many_is_sent_in_bounded_pieces(self):
+        """
+        A fan-out's rows are sent as they are bound, never held whole: no
+        query text is much over the queue limit, and all rows arrive.
+        """
+        from txpostgres import txpostgres
+
+        from trackermail.store import sql
+
+        store = await make_pg_store(self)
+        self.patch(sql, "QUEUE_LIMIT", 20_000)
+        self.patch(sql, "MANY_CHUNK", 50)
+        sent = []
+        execute = txpostgres.Cursor.execute
+        self.patch(txpostgres.Cursor, "execute",
+                   lambda cursor, query, params=None: sent.append(len(query)) or execute(
+                       cursor, query, params))
+        rows = [(f"queued{i:05d}", "source") for i in range(3000)]
+        await store.run(lambda: (yield Many(
+            "INSERT INTO packages (name, kind) VALUES (?, ?)", rows)))
+        self.assertGreaterEqual(len(sent), 4)
+        self.assertLess(max(sent), 20_000 + 50 * 60)
+        count = await store.run(lambda: (yield Value(
+            "SELECT COUNT(*) FROM packages WHERE name LIKE 'queued%'")))
+        self.assertEqual(count, 3000)
+
+
 class PostgresNotifyTests(TestCase):
     timeout = 60
 

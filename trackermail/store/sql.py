@@ -259,7 +259,7 @@ class AsyncTransaction:
                 self._channels.append(op.channel)
             return None
         if isinstance(op, Many):
-            self._queue_many(op)
+            await self._queue_many(op)
         elif isinstance(op, Later):
             self._queue(self._bind(op.sql, op.params))
         else:
@@ -269,7 +269,7 @@ class AsyncTransaction:
             await self._send(None)
         return None
 
-    def _queue_many(self, op: Many) -> None:
+    async def _queue_many(self, op: Many) -> None:
         match = _VALUES.search(op.sql)
         if match is None:
             raise ValueError(f"Many() needs a VALUES (?, ...) clause: {op.sql!r}")
@@ -282,6 +282,8 @@ class AsyncTransaction:
             params = [v for row in chunk for v in row]
             sql = head + "VALUES " + ",".join([group] * len(chunk)) + tail
             self._queue(self.cursor.mogrify(sql, params))
+            if self._queued_bytes >= QUEUE_LIMIT:
+                await self._send(None)
 
     async def _commit(self) -> None:
         for channel in self._channels:
