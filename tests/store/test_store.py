@@ -434,12 +434,51 @@ class PostgresRoundTripTests(TestCase):
         pid = await store.run(program)
         self.assertIsInstance(pid, int)
         self.assertEqual(len(sent), 2, sent)
-        self.assertTrue(sent[0].startswith(b"BEGIN; "), sent[0])
+        self.assertIn(b"BEGIN; ", sent[0])
         self.assertEqual(sent[1].count(b"pg_notify"), 1)
         self.assertTrue(sent[1].endswith(b"COMMIT"), sent[1])
         count = await store.run(lambda: (yield Value(
             "SELECT COUNT(*) FROM packages WHERE name LIKE 'rt%'")))
         self.assertEqual(count, 3)
+
+
+    async def test_reads_need_no_transaction(self):
+        """
+        A program that only reads takes one round trip per statement, with
+        no BEGIN or COMMIT; one that reads then writes begins at its first
+        write and commits it.
+        """
+        from txpostgres import txpostgres
+
+        store = await make_pg_store(self)
+        sent = []
+        execute = txpostgres.Cursor.execute
+        self.patch(txpostgres.Cursor, "execute",
+                   lambda cursor, query, params=None: sent.append(
+                       query if isinstance(query, bytes) else query.encode())
+                   or execute(cursor, query, params))
+
+        def read():
+            return (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?", ("source",)))
+
+        self.assertEqual(await store.run(read), 0)
+        self.assertEqual(len(sent), 1)
+        self.assertNotIn(b"BEGIN", sent[0])
+        del sent[:]
+
+        def read_then_write():
+            n = yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?", ("source",))
+            yield Later("INSERT INTO packages (name, kind) VALUES (?, ?)", (f"rw{n}", "source"))
+            rows = yield Rows("SELECT name FROM packages WHERE name LIKE 'rw%' FOR UPDATE")
+            return [r[0] for r in rows]
+
+        self.assertEqual(await store.run(read_then_write), ["rw0"])
+        self.assertEqual(len(sent), 3, sent)
+        self.assertNotIn(b"BEGIN", sent[0])
+        self.assertIn(b"BEGIN", sent[1])
+        self.assertIn(b"FOR UPDATE", sent[1])
+        self.assertEqual(sent[2], b"COMMIT")
+        self.assertEqual(await store.run(read), 1)
 
 
 class PostgresPreparedTests(TestCase):

@@ -183,6 +183,21 @@ def _numbered(sql: str) -> str:
     return "".join(out)
 
 
+_PLAIN_READ = re.compile(r"\s*SELECT\b", re.I)
+_LOCKING = re.compile(r"\bFOR\s+(UPDATE|SHARE|NO\s+KEY|KEY)\b", re.I)
+
+
+def is_plain_read(op) -> bool:
+    """
+    Whether C{op} only reads (a SELECT that locks nothing): it may run
+    before the transaction's C{BEGIN}. At the default isolation level (read
+    committed) every statement takes a fresh snapshot anyway, inside a
+    transaction or not, so such a read sees the same thing either way.
+    """
+    return (type(op) in (Rows, Row, Value) and _PLAIN_READ.match(op.sql) is not None
+            and _LOCKING.search(op.sql) is None)
+
+
 class AsyncTransaction:
     """
     Runs a program in one transaction over a txpostgres cursor (whose
@@ -192,6 +207,9 @@ class AsyncTransaction:
     query text: PostgreSQL runs them in order and answers with the last
     one's result. The C{COMMIT} carries whatever is still queued, and the
     notifications once per channel (PostgreSQL folds duplicates anyway).
+    C{BEGIN} waits for the first statement that writes or locks (see
+    L{is_plain_read}): a program that only reads needs neither it nor a
+    C{COMMIT}, and reading one stored body is one round trip, not two.
 
     Parameters are bound by psycopg2 on the client (C{mogrify}), as its
     C{execute} does, so a queued text is exactly what would have been sent.
@@ -200,10 +218,13 @@ class AsyncTransaction:
     def __init__(self, cursor, prepared: Prepared | None = None):
         self.cursor = cursor
         self.prepared = prepared
-        self._queued: list[bytes] = [b"BEGIN"]
+        self._queued: list[bytes] = []
         self._queued_bytes = 0
         self._channels: list[str] = []
         self._preparing = False
+        #: BEGIN is queued or sent: every later statement is in the transaction.
+        self._begun = False
+        #: BEGIN reached the server: a failure needs a ROLLBACK.
         self.started = False
 
     async def run(self, program: Program) -> Any:
@@ -246,11 +267,16 @@ class AsyncTransaction:
         self._queued.append(text)
         self._queued_bytes += len(text)
 
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            self._queue(b"BEGIN")
+
     async def _send(self, text: bytes | None) -> None:
         parts = self._queued + ([text] if text is not None else [])
         self._queued, self._queued_bytes = [], 0
         if parts:
-            self.started = True
+            self.started = self._begun
             await self.cursor.execute(b"; ".join(parts))
 
     async def _execute(self, op) -> Any:
@@ -259,11 +285,17 @@ class AsyncTransaction:
                 self._channels.append(op.channel)
             return None
         if isinstance(op, Many):
+            self._begin()
             await self._queue_many(op)
         elif isinstance(op, Later):
-            self._queue(self._bind(op.sql, op.params))
+            text = self._bind(op.sql, op.params)
+            self._begin()
+            self._queue(text)
         else:
-            await self._send(self._bind(op.sql, op.params))
+            text = self._bind(op.sql, op.params)
+            if not is_plain_read(op):
+                self._begin()
+            await self._send(text)
             return _result(self.cursor, op)
         if self._queued_bytes >= QUEUE_LIMIT:
             await self._send(None)
@@ -286,9 +318,12 @@ class AsyncTransaction:
                 await self._send(None)
 
     async def _commit(self) -> None:
+        if self._channels:
+            self._begin()
         for channel in self._channels:
             self._queue(self.cursor.mogrify("SELECT pg_notify(%s, '')", (channel,)))
-        self._queue(b"COMMIT")
+        if self._begun:
+            self._queue(b"COMMIT")
         await self._send(None)
 
     async def _rollback(self) -> None:
