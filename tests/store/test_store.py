@@ -508,6 +508,30 @@ class PostgresPreparedTests(TestCase):
         self.assertEqual(texts.count(b"EXECUTE "), 2)
         self.assertIn(b"'nothing else'", texts)
 
+    async def test_long_in_lists_are_not_prepared(self):
+        """
+        A batch's IN (?, ?, ...) list, a new text for every length, is sent
+        in full instead of being prepared.
+        """
+        from txpostgres import txpostgres
+
+        from trackermail.store.postgres import PostgresStore
+
+        store = PostgresStore((await make_pg_store(self)).dsn, size=1)
+        self.addCleanup(store.close)
+        sent = []
+        execute = txpostgres.Cursor.execute
+        self.patch(txpostgres.Cursor, "execute",
+                   lambda cursor, query, params=None: sent.append(query) or execute(
+                       cursor, query, params))
+        for n in (40, 41):
+            names = [f"n{i}" for i in range(n)]
+            await store.run(lambda: (yield Rows(
+                "SELECT id FROM packages WHERE name IN (" + ",".join("?" * n) + ")", names)))
+        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        self.assertNotIn(b"PREPARE", texts)
+        self.assertIn(b"'n40'", texts)
+
     async def test_switched_off(self):
         """With prepared_statements off (behind a transaction pooler) nothing is prepared."""
         from txpostgres import txpostgres

@@ -140,6 +140,11 @@ QUEUE_LIMIT = 1024 * 1024
 #: but IN (?, ?, ...) lists make one per length).
 PREPARED_LIMIT = 500
 
+#: Statements with more parameters are sent in full: they are the
+#: IN (?, ?, ...) lists of batches, a different text for every length, which
+#: would fill the connection's prepared statements with one-off plans.
+PREPARED_PARAMS = 32
+
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE)\b", re.I)
 
 
@@ -163,7 +168,8 @@ class Prepared:
         name = self.names.get(sql)
         if name is not None:
             return name, False
-        if len(self.names) >= PREPARED_LIMIT or not _PREPARABLE.match(sql):
+        if (len(self.names) >= PREPARED_LIMIT or sql.count("?") > PREPARED_PARAMS
+                or not _PREPARABLE.match(sql)):
             return None, False
         self._serial += 1
         name = self.names[sql] = f"tm_{self._serial}"
