@@ -20,6 +20,7 @@ forwarding that adds it; that is the signer's intent.)
 from __future__ import annotations
 
 import re
+from itertools import chain
 from datetime import datetime, timezone
 from email.header import Header
 from typing import Iterable, Sequence
@@ -279,7 +280,9 @@ class _UnsubscribeLines:
 
 def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     """
-    The C{(recipient, envelope sender, header prefix)} of every copy.
+    The C{(recipient, envelope sender, header prefix)} of every copy, one
+    per recipient, made as they are taken: a fan-out to 100,000 people is
+    stored a chunk at a time and never held whole.
 
     C{recipients} are C{(email, email_id, team[, binding])}: a direct
     subscriber's copy with a subscription binding
@@ -290,7 +293,6 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
     vendor = ctx.vendor
     shared: dict = {}
     unsubscribe = _UnsubscribeLines(ctx, raw, package) if package else None
-    deliveries = []
     sign = _verp_signer(ctx)
     for recipient in recipients:
         email, email_id, team = recipient[:3]
@@ -312,8 +314,7 @@ def plan_deliveries(ctx, raw: bytes, msg, recipients, package, keyword):
             prefix = b"".join((parts[0], unsubscribe.lines(binding), parts[1]))
         else:
             prefix = parts[2]
-        deliveries.append((email, sign(email, email_id), prefix))
-    return deliveries
+        yield (email, sign(email, email_id), prefix)
 
 
 def _about(packages: Sequence[str], keyword: str | None) -> tuple[str, dict]:
@@ -366,20 +367,24 @@ def handle_dispatch(incoming, ctx):
 
     raw = incoming.raw
     seen: set[int] = set()
-    deliveries = []
+    plans = []
+    count = 0
     for package in found.packages:
         recipients = yield from fanout_targets(package, found.keyword)
         recipients = [r for r in recipients if r[1] not in seen]
         seen.update(r[1] for r in recipients)
-        deliveries.extend(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
-    if deliveries:
-        yield from enqueue(incoming.whole, deliveries, ctx.now, origin=ctx.origin)
+        if recipients:
+            count += len(recipients)
+            plans.append(plan_deliveries(ctx, raw, msg, recipients, package, found.keyword))
+    if count:
+        yield from enqueue(incoming.whole, chain.from_iterable(plans), ctx.now,
+                           origin=ctx.origin)
         yield from record_sent_ids(sorted(seen), ctx.today)
     return Outcome(
-        "forwarded" if deliveries else "dropped",
-        f"to {len(deliveries)} recipients" if deliveries else f"nobody wants {text}",
+        "forwarded" if count else "dropped",
+        f"to {count} recipients" if count else f"nobody wants {text}",
         {"packages": list(found.packages), **about,
-         "recipients": len(deliveries), "news": news_count},
+         "recipients": count, "news": news_count},
     )
 
 
@@ -408,13 +413,12 @@ def handle_team(incoming, ctx):
                        f"automatic mail about a package ({text}): it reaches teams through dispatch",
                        {"packages": list(found.packages), **about, "team": slug})
     rows = yield from team_member_ids(slug)
-    deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
-                                 None, "contact")
-    if deliveries:
-        yield from enqueue(incoming.whole, deliveries, ctx.now, origin=ctx.origin)
-        yield from record_sent_ids([i for _, i in rows], ctx.today)
-    if not deliveries:
+    if not rows:
         return Outcome("dropped", f"nobody in team {slug} wants it (no unmuted members)",
                        {**where, "recipients": 0})
-    return Outcome("forwarded", f"to {len(deliveries)} members of {slug}",
-                   {**where, "recipients": len(deliveries)})
+    deliveries = plan_deliveries(ctx, incoming.raw, msg, [(e, i, slug) for e, i in rows],
+                                 None, "contact")
+    yield from enqueue(incoming.whole, deliveries, ctx.now, origin=ctx.origin)
+    yield from record_sent_ids([i for _, i in rows], ctx.today)
+    return Outcome("forwarded", f"to {len(rows)} members of {slug}",
+                   {**where, "recipients": len(rows)})

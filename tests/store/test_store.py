@@ -3,7 +3,7 @@ The store contract, run against every backend: in-memory SQLite, an SQLite
 file through adbapi, and PostgreSQL through txpostgres.
 """
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from tests.support.stores import make_memory_store, make_pg_store, make_sqlite_store
@@ -384,6 +384,46 @@ class MaintenanceContractMixin:
         left = await self.store.run(lambda: (yield Rows(
             "SELECT day FROM confirmation_sends")))
         self.assertEqual([tuple(r) for r in left], [("2026-11-02",)])
+
+
+class EnqueueProgramTests(SynchronousTestCase):
+    def test_deliveries_taken_a_chunk_at_a_time(self):
+        """
+        enqueue takes its deliveries from any iterable, a chunk of rows per
+        INSERT, so a fan-out made as it is taken is never held whole.
+        """
+        from trackermail.store.sql import MANY_CHUNK
+
+        taken = []
+
+        def deliveries():
+            for i in range(2 * MANY_CHUNK + 5):
+                taken.append(i)
+                yield (f"r{i}@example.org", "bounces@t.example.org", b"X-A: b\r\n")
+
+        program = enqueue(b"Subject: s\r\n\r\nbody\r\n", deliveries(), 1.0)
+        op = next(program)
+        self.assertIn("INSERT INTO outbox_messages", op.sql)
+        op = program.send(7)
+        self.assertIsInstance(op, Many)
+        self.assertEqual(len(op.rows), MANY_CHUNK)
+        self.assertLessEqual(len(taken), MANY_CHUNK + 1)
+        self.assertEqual(op.rows[0][:3], (7, "r0@example.org", "bounces@t.example.org"))
+        sizes = [len(op.rows)]
+        while True:
+            op = program.send(None)
+            if not isinstance(op, Many):
+                break
+            sizes.append(len(op.rows))
+        self.assertEqual(sizes, [MANY_CHUNK, MANY_CHUNK, 5])
+        self.assertIsInstance(op, Notify)
+
+    def test_no_deliveries_no_message(self):
+        """An empty iterable stores nothing and fires with None."""
+        program = enqueue(b"x", iter(()), 1.0)
+        with self.assertRaises(StopIteration) as stop:
+            next(program)
+        self.assertIsNone(stop.exception.value)
 
 
 class MemoryStoreTests(MaintenanceContractMixin, StoreContractMixin, TestCase):

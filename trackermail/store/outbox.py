@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import chain, groupby, islice
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from trackermail.store.sql import Exec, Later, Many, Notify, Row, Rows, Value
+from trackermail.store.sql import MANY_CHUNK, Exec, Later, Many, Notify, Row, Rows, Value
 
 CHUNK_SIZE = 1024 * 1024
 _ERROR_MAX = 1000
@@ -157,16 +157,19 @@ def body_chunks(body, size: int = CHUNK_SIZE) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def enqueue(body, deliveries: Sequence[tuple], now: float, origin: str = ""):
+def enqueue(body, deliveries: Iterable[tuple], now: float, origin: str = ""):
     """
     Store C{body} (C{bytes}, or a L{BodySource}) once and one queued
-    delivery per C{(recipient, sender)} or C{(recipient, sender, prefix)},
+    delivery per C{(recipient, sender)} or C{(recipient, sender, prefix)}
+    (any iterable: taken a chunk of rows at a time),
     where C{prefix} are header lines sent before the body for that
     recipient only. C{origin} is the queue id of the received message it
     was made for (for the logs). Fires with the message id (None when there
     is nobody to send to).
     """
-    if not deliveries:
+    deliveries = iter(deliveries)
+    first_delivery = next(deliveries, None)
+    if first_delivery is None:
         return None
     chunks = body_chunks(body)
     first = next(chunks)
@@ -186,13 +189,19 @@ def enqueue(body, deliveries: Sequence[tuple], now: float, origin: str = ""):
                    (mid, seq, chunk))
     if seq:
         yield Later("UPDATE outbox_messages SET size = ? WHERE id = ?", (size, mid))
-    yield Many(
-        "INSERT INTO outbox_deliveries "
-        "(message_id, recipient, sender, next_attempt, created, prefix) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(mid, d[0], d[1], now, now, bytes(d[2]) if len(d) > 2 and d[2] else None)
-         for d in deliveries],
-    )
+    # A chunk of rows at a time: the caller may make them as they are taken.
+    rows = chain([first_delivery], deliveries)
+    while True:
+        batch = [(mid, d[0], d[1], now, now, bytes(d[2]) if len(d) > 2 and d[2] else None)
+                 for d in islice(rows, MANY_CHUNK)]
+        if not batch:
+            break
+        yield Many(
+            "INSERT INTO outbox_deliveries "
+            "(message_id, recipient, sender, next_attempt, created, prefix) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            batch,
+        )
     yield Notify("outbox")
     return mid
 
