@@ -64,6 +64,21 @@ DEFAULTS = frozenset(
 )
 
 
+def record_queries(case) -> list[bytes]:
+    """Every query text txpostgres cursors send from now on (as bytes), in order."""
+    from txpostgres import txpostgres
+
+    sent: list[bytes] = []
+    execute = txpostgres.Cursor.execute
+
+    def recording(cursor, query, params=None):
+        sent.append(query if isinstance(query, bytes) else query.encode())
+        return execute(cursor, query, params)
+
+    case.patch(txpostgres.Cursor, "execute", recording)
+    return sent
+
+
 class StoreContractMixin:
     """
     Tests every backend must pass; subclasses define C{make_store}.
@@ -450,17 +465,9 @@ class PostgresRoundTripTests(TestCase):
         has an answer, or with the COMMIT: this program takes two round
         trips where one per statement would take seven.
         """
-        from txpostgres import txpostgres
 
         store = await make_pg_store(self)
-        sent = []
-        execute = txpostgres.Cursor.execute
-
-        def counting(cursor, query, params=None):
-            sent.append(query)
-            return execute(cursor, query, params)
-
-        self.patch(txpostgres.Cursor, "execute", counting)
+        sent = record_queries(self)
 
         def program():
             yield Later("INSERT INTO packages (name, kind) VALUES (?, ?)", ("rt", "source"))
@@ -488,15 +495,9 @@ class PostgresRoundTripTests(TestCase):
         no BEGIN or COMMIT; one that reads then writes begins at its first
         write and commits it.
         """
-        from txpostgres import txpostgres
 
         store = await make_pg_store(self)
-        sent = []
-        execute = txpostgres.Cursor.execute
-        self.patch(txpostgres.Cursor, "execute",
-                   lambda cursor, query, params=None: sent.append(
-                       query if isinstance(query, bytes) else query.encode())
-                   or execute(cursor, query, params))
+        sent = record_queries(self)
 
         def read():
             return (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?", ("source",)))
@@ -526,24 +527,19 @@ class PostgresPreparedTests(TestCase):
 
     async def test_statements_run_prepared(self):
         """A statement run twice on a connection is prepared once, then executed."""
-        from txpostgres import txpostgres
 
         from trackermail.store.postgres import PostgresStore
 
         store = PostgresStore((await make_pg_store(self)).dsn, size=1)
         self.addCleanup(store.close)
-        sent = []
-        execute = txpostgres.Cursor.execute
-        self.patch(txpostgres.Cursor, "execute",
-                   lambda cursor, query, params=None: sent.append(query) or execute(
-                       cursor, query, params))
+        sent = record_queries(self)
 
         def kind(name):
             return (yield Value("SELECT kind FROM packages WHERE name = ?", (name,)))
 
         self.assertIsNone(await store.run(kind, "nothing"))
         self.assertIsNone(await store.run(kind, "nothing else"))
-        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        texts = b" ".join(sent)
         self.assertEqual(texts.count(b"PREPARE "), 1)
         self.assertEqual(texts.count(b"EXECUTE "), 2)
         self.assertIn(b"'nothing else'", texts)
@@ -553,28 +549,22 @@ class PostgresPreparedTests(TestCase):
         A batch's IN (?, ?, ...) list, a new text for every length, is sent
         in full instead of being prepared.
         """
-        from txpostgres import txpostgres
 
         from trackermail.store.postgres import PostgresStore
 
         store = PostgresStore((await make_pg_store(self)).dsn, size=1)
         self.addCleanup(store.close)
-        sent = []
-        execute = txpostgres.Cursor.execute
-        self.patch(txpostgres.Cursor, "execute",
-                   lambda cursor, query, params=None: sent.append(query) or execute(
-                       cursor, query, params))
+        sent = record_queries(self)
         for n in (40, 41):
             names = [f"n{i}" for i in range(n)]
             await store.run(lambda: (yield Rows(
                 "SELECT id FROM packages WHERE name IN (" + ",".join("?" * n) + ")", names)))
-        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        texts = b" ".join(sent)
         self.assertNotIn(b"PREPARE", texts)
         self.assertIn(b"'n40'", texts)
 
     async def test_switched_off(self):
         """With prepared_statements off (behind a transaction pooler) nothing is prepared."""
-        from txpostgres import txpostgres
 
         from trackermail.config import config_from_dict
         from trackermail.store import open_store
@@ -586,15 +576,11 @@ class PostgresPreparedTests(TestCase):
         store = open_store((await make_pg_store(self)).dsn, pool_size=1,
                            prepared_statements=config.database.prepared_statements)
         self.addCleanup(store.close)
-        sent = []
-        execute = txpostgres.Cursor.execute
-        self.patch(txpostgres.Cursor, "execute",
-                   lambda cursor, query, params=None: sent.append(query) or execute(
-                       cursor, query, params))
+        sent = record_queries(self)
         for _ in range(2):
             await store.run(lambda: (yield Value("SELECT COUNT(*) FROM packages WHERE kind = ?",
                                                  ("source",))))
-        texts = b" ".join(q if isinstance(q, bytes) else q.encode() for q in sent)
+        texts = b" ".join(sent)
         self.assertNotIn(b"PREPARE", texts)
         self.assertEqual(texts.count(b"SELECT COUNT(*) FROM packages"), 2)
 
@@ -632,23 +618,18 @@ class PostgresQueueTests(TestCase):
         A fan-out's rows are sent as they are bound, never held whole: no
         query text is much over the queue limit, and all rows arrive.
         """
-        from txpostgres import txpostgres
 
         from trackermail.store import sql
 
         store = await make_pg_store(self)
         self.patch(sql, "QUEUE_LIMIT", 20_000)
         self.patch(sql, "MANY_CHUNK", 50)
-        sent = []
-        execute = txpostgres.Cursor.execute
-        self.patch(txpostgres.Cursor, "execute",
-                   lambda cursor, query, params=None: sent.append(len(query)) or execute(
-                       cursor, query, params))
+        sent = record_queries(self)
         rows = [(f"queued{i:05d}", "source") for i in range(3000)]
         await store.run(lambda: (yield Many(
             "INSERT INTO packages (name, kind) VALUES (?, ?)", rows)))
         self.assertGreaterEqual(len(sent), 4)
-        self.assertLess(max(sent), 20_000 + 50 * 60)
+        self.assertLess(max(len(q) for q in sent), 20_000 + 50 * 60)
         count = await store.run(lambda: (yield Value(
             "SELECT COUNT(*) FROM packages WHERE name LIKE 'queued%'")))
         self.assertEqual(count, 3000)
