@@ -5,7 +5,7 @@ budget, read from the store on a miss, shared while in use.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from trackermail.errors import StoreUnavailable
@@ -21,6 +21,14 @@ class Store:
         self.reads: list[int] = []
         self.pending: list[tuple[int, Deferred]] = []
 
+    def load_many(self, mids: list[int]) -> Deferred:
+        self.reads.append(tuple(mids))
+        if self.hold:
+            d: Deferred = Deferred()
+            self.pending.append((tuple(mids), d))
+            return d
+        return succeed({m: self.bodies[m] for m in mids if m in self.bodies})
+
     def load(self, mid: int) -> Deferred:
         self.reads.append(mid)
         if self.hold:
@@ -32,7 +40,10 @@ class Store:
     def answer(self) -> None:
         pending, self.pending = self.pending, []
         for mid, d in pending:
-            d.callback(self.bodies.get(mid))
+            if isinstance(mid, tuple):
+                d.callback({m: self.bodies[m] for m in mid if m in self.bodies})
+            else:
+                d.callback(self.bodies.get(mid))
 
 
 class BodyCacheTests(SynchronousTestCase):
@@ -138,3 +149,73 @@ class BodyCacheTests(SynchronousTestCase):
         waiting = Deferred.fromCoroutine(self.cache.acquire(1, 40))
         self.cache.close()
         self.assertIs(self.successResultOf(waiting), CLOSED)
+
+
+class PrefetchTests(SynchronousTestCase):
+    def setUp(self):
+        self.store = Store({1: (b"a" * 40,), 2: (b"b" * 40,), 3: (b"c" * 40,),
+                            4: (b"d" * 40,)})
+        self.cache = BodyCache(self.store.load, budget=100, load_many=self.store.load_many)
+
+    def prefetch(self, wanted):
+        self.successResultOf(Deferred.fromCoroutine(self.cache.prefetch(wanted)))
+
+    def test_reads_a_batch_at_once(self):
+        """The bodies a batch needs are read in one go; acquiring them reads nothing."""
+        self.prefetch([(1, 40), (2, 40), (1, 40)])
+        self.assertEqual(self.store.reads, [(1, 2)])
+        self.assertEqual(self.cache.acquire_now(1), (b"a" * 40,))
+        self.assertEqual(self.cache.acquire_now(2), (b"b" * 40,))
+        self.assertEqual(self.store.reads, [(1, 2)])
+        self.assertEqual(self.cache.used, 80)
+
+    def test_only_what_fits_and_is_not_in_memory(self):
+        """
+        Bodies already in memory are not read again, and the read stops at
+        the room left: nothing in use is evicted for a guess.
+        """
+        self.successResultOf(Deferred.fromCoroutine(self.cache.acquire(1, 40)))
+        self.prefetch([(1, 40), (2, 40), (3, 40), (4, 40)])
+        self.assertEqual(self.store.reads, [1])
+        self.prefetch([(1, 40), (2, 30), (3, 30), (4, 40)])
+        self.assertEqual(self.store.reads, [1, (2, 3)])
+        self.assertLessEqual(self.cache.used, 100)
+        self.assertEqual(self.cache.acquire_now(4), NOT_READY)
+
+    def test_one_body_is_left_to_acquire(self):
+        """A single body is no batch: acquire reads it as before."""
+        self.prefetch([(1, 40)])
+        self.assertEqual(self.store.reads, [])
+
+    def test_missing_and_failed_reads_are_left_to_acquire(self):
+        """
+        A body the store does not have is not remembered as missing, and a
+        failed read caches nothing: acquire asks the store itself.
+        """
+        self.prefetch([(1, 40), (7, 40)])
+        self.assertEqual(self.cache.acquire_now(7), NOT_READY)
+        self.assertEqual(self.acquire(7), None)
+
+        cache = BodyCache(self.store.load, budget=100,
+                          load_many=lambda mids: fail(StoreUnavailable("down")))
+        self.successResultOf(Deferred.fromCoroutine(cache.prefetch([(2, 40), (3, 40)])))
+        self.assertEqual(cache.acquire_now(2), NOT_READY)
+        self.assertEqual(cache.used, 0)
+
+    def test_read_in_flight_is_not_overwritten(self):
+        """
+        A body an acquire began reading while the batch read was on its way
+        keeps that acquire's entry; the rest of the batch is filled in.
+        """
+        self.store.hold = True
+        prefetching = Deferred.fromCoroutine(self.cache.prefetch([(2, 40), (3, 40)]))
+        acquiring = Deferred.fromCoroutine(self.cache.acquire(2, 40))
+        self.store.answer()
+        self.successResultOf(prefetching)
+        self.assertEqual(self.successResultOf(acquiring), (b"b" * 40,))
+        self.assertEqual(self.store.reads, [(2, 3), 2])
+        self.assertEqual(self.cache.used, 80)
+        self.assertEqual(self.cache.acquire_now(3), (b"c" * 40,))
+
+    def acquire(self, mid, size=40):
+        return self.successResultOf(Deferred.fromCoroutine(self.cache.acquire(mid, size)))

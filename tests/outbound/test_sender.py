@@ -369,6 +369,28 @@ class BodyTests(SenderMixin, SynchronousTestCase):
         self.assertEqual(self.transport.sent[1].data, big)
         self.assertEqual(len(self.transport.sent), 3)
 
+    def test_small_bodies_of_a_batch_read_together(self):
+        """
+        A batch of copies of different small messages (control replies)
+        reads their bodies in one store run, not one each; each copy still
+        goes with its own body.
+        """
+        from trackermail.store import outbox
+
+        runs = []
+        run = self.store.run
+        self.patch(self.store, "run", lambda program, *a, **k: runs.append(
+            program.__name__) or run(program, *a, **k))
+        bodies = [BODY.replace(b"hello", b"reply %d" % n) for n in range(6)]
+        for n, body in enumerate(bodies):
+            self.enqueue(f"u{n}@example.org", body=body)
+        self.start()
+        self.assertEqual(sorted((m.recipients[0], m.data) for m in self.transport.sent),
+                         [(f"u{n}@example.org", body) for n, body in enumerate(bodies)])
+        self.assertEqual(runs.count(outbox.read_small_bodies.__name__), 1)
+        self.assertEqual(runs.count(outbox.read_body.__name__), 0)
+        self.assertEqual(states(self, self.store), [])
+
     def test_big_body_is_stored_in_chunks_and_sent_whole(self):
         """A 3.5 MiB body is stored as four chunks cut after line ends and sent as it was."""
         body = self.message(0, 3 * 1024 * 1024 + 512 * 1024)

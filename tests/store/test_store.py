@@ -31,7 +31,7 @@ from trackermail.store.interface import IStore
 from trackermail.store.keywords import default_keywords, keywords, set_default_keywords
 from trackermail.store.ledger import is_processed, mark_processed, stats
 from trackermail.store.news import add_news, news
-from trackermail.store.outbox import enqueue, outbox_body
+from trackermail.store.outbox import enqueue, outbox_body, read_small_bodies
 from trackermail.store.outbox_report import delivery_rows, outbox_summary
 from trackermail.store.packages import add_package, import_sources, resolve_package
 from trackermail.store.schema import current_version
@@ -342,6 +342,20 @@ class StoreContractMixin:
         count = await self.store.run(lambda: (yield Value(
             "SELECT COUNT(*) FROM packages WHERE name IN ('queued', 'many1', 'many2')")))
         self.assertEqual(count, 0)
+
+    async def test_read_small_bodies(self):
+        """
+        Bodies stored in one chunk are read together, by id; a body in
+        several chunks and an id with no message are left out.
+        """
+        small = b"Subject: a\r\n\r\nsmall\r\n"
+        line = b"0123456789" * 10 + b"\r\n"
+        big = b"Subject: b\r\n\r\n" + line * (1024 * 1024 // len(line) + 10)
+        a = await self.store.run(enqueue, small, [("a@example.org", "")], 1.0)
+        b = await self.store.run(enqueue, big, [("b@example.org", "")], 1.0)
+        c = await self.store.run(enqueue, small + b"more\r\n", [("c@example.org", "")], 1.0)
+        found = await self.store.run(read_small_bodies, [a, b, c, 999999])
+        self.assertEqual(found, {a: (small,), c: (small + b"more\r\n",)})
 
     async def test_processed_ledger(self):
         """A digest is recorded once; recording it again says it was already there."""

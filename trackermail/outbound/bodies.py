@@ -48,8 +48,10 @@ class BodyCache:
         (complete) body.
     """
 
-    def __init__(self, load: Callable[[int], Any], budget: int):
+    def __init__(self, load: Callable[[int], Any], budget: int,
+                 load_many: Callable[[list[int]], Any] | None = None):
         self._load = load
+        self._load_many = load_many
         self.budget = budget
         self.used = 0
         self.reads = 0
@@ -133,6 +135,44 @@ class BodyCache:
         for d in waiting:
             d.callback(None)
         return parts
+
+    async def prefetch(self, wanted: list[tuple[int, int]]) -> None:
+        """
+        Read at once the bodies of C{wanted} (C{(message id, size)}) that
+        are not in memory, as far as there is room for them: one read for a
+        batch of small messages (control replies, confirmations) instead of
+        one each. Only an optimisation: a body it leaves out, or cannot
+        read, is read by L{acquire} as before; it never evicts a body for
+        another it is only guessing will be needed.
+        """
+        if self._load_many is None or self._closed:
+            return
+        ids, sizes, room = [], {}, self.budget - self.used
+        for message_id, size in wanted:
+            if message_id in self._entries or message_id in sizes:
+                continue
+            if size > room:
+                break
+            ids.append(message_id)
+            sizes[message_id] = size
+            room -= size
+        if len(ids) < 2:
+            return
+        try:
+            found = await self._load_many(ids)
+        except Exception:
+            return
+        for message_id in ids:
+            parts = found.get(message_id)
+            size = sizes[message_id]
+            if (parts is None or message_id in self._entries
+                    or self.used + size > self.budget):
+                continue
+            entry = _Entry(size)
+            entry.parts, entry.waiting = parts, None
+            self._entries[message_id] = entry
+            self.used += size
+            self.reads += 1
 
     def release(self, message_id: int) -> None:
         """A copy using this body is done with it."""

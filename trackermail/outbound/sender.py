@@ -57,11 +57,16 @@ from trackermail.store.outbox import (
     next_wakeup,
     purge_finished,
     read_body,
+    read_small_bodies,
     release_claims,
     renew_claims,
 )
 
 log = Logger()
+
+#: Bodies up to this size are read together for a batch (one chunk each
+#: in the store, which cuts at 1 MiB); larger ones one at a time.
+PREFETCH_SIZE = 256 * 1024
 
 NO_RESULT = Reply(451, "4.3.0 the transport gave no result for this recipient", LOCAL)
 BODY_MISSING = Reply(554, "5.3.0 the message body is missing from the outbox"
@@ -98,7 +103,8 @@ class OutboxSender(service.Service):
         self._ready = ready
         self.keep_sent = keep_sent
         self._last_purge = float("-inf")
-        self.bodies = BodyCache(lambda mid: self.store.run(read_body, mid), max_inflight_bytes)
+        self.bodies = BodyCache(lambda mid: self.store.run(read_body, mid), max_inflight_bytes,
+                                lambda mids: self.store.run(read_small_bodies, mids))
         self.watch = SmarthostWatch(clock, self._held_judged, peer=peer, hold_time=rcpt_hold)
         self.recorder = Recorder(store, self.node, clock, on_permanent_failure,
                                  more_coming=self._more_coming, on_recorded=self._recorded,
@@ -333,6 +339,8 @@ class OutboxSender(service.Service):
 
     async def _send_batch(self, batch: list[Delivery]) -> None:
         bodies = self.bodies
+        await bodies.prefetch([(d.message_id, d.size) for d in batch
+                               if d.size <= PREFETCH_SIZE])
         for i, delivery in enumerate(batch):
             if not self.running:
                 # Stopping: what was not handed over yet goes back to the queue.

@@ -206,6 +206,23 @@ def enqueue(body, deliveries: Iterable[tuple], now: float, origin: str = ""):
     return mid
 
 
+def read_small_bodies(message_ids: Sequence[int]):
+    """
+    The bodies stored in one chunk among C{message_ids}, read together:
+    C{{message id: (chunk,)}}. Bodies in several chunks, and bodies that
+    are gone, are left out (L{read_body} reads those).
+    """
+    found = {}
+    for group in _groups(list(message_ids)):
+        for message_id, body, size in (yield Rows(
+                f"SELECT id, body, size FROM outbox_messages WHERE id IN "
+                f"({placeholders(len(group))})", group)):
+            body = bytes(body)
+            if len(body) == size:
+                found[message_id] = (body,)
+    return found
+
+
 def read_body(message_id: int):
     """
     The chunks of a stored body, in order (a tuple of C{bytes}, each
