@@ -119,7 +119,8 @@ _PARSED = frozenset({
 })
 
 
-def _raw_header_values(msg, name: str) -> list[str]:
+def _raw_values(msg, name: str) -> list:
+    """The values of header C{name} as the parser stored them, undecoded."""
     try:
         items = msg.raw_items()
     except Exception:
@@ -129,7 +130,17 @@ def _raw_header_values(msg, name: str) -> list[str]:
     for key, value in items:
         try:
             if str(key).lower() == lowered:
-                result.append(decode_raw_header(value))
+                result.append(value)
+        except Exception:
+            continue
+    return result
+
+
+def _raw_header_values(msg, name: str) -> list[str]:
+    result = []
+    for value in _raw_values(msg, name):
+        try:
+            result.append(decode_raw_header(value))
         except Exception:
             continue
     return result
@@ -315,12 +326,8 @@ def header_address(msg, name: str = "From") -> str:
     policy's header object, unless encoded words make the policy's
     decoding matter.
     """
-    try:
-        raw = next((value for key, value in msg.raw_items() if key.lower() == name.lower()),
-                   None)
-    except Exception:
-        raw = None
-    if raw is None or not isinstance(raw, str) or "=?" in raw:
+    raw = next(iter(_raw_values(msg, name)), None)
+    if not isinstance(raw, str) or "=?" in raw:
         return address_of(header(msg, name, ""))
     return address_of(_FOLDING.sub(" ", _clean_text(raw)))
 
