@@ -111,11 +111,8 @@ class BodyCache:
                     break
                 d = Deferred()
                 self._room.appendleft(d)
-        entry = _Entry(size)
+        entry = self._add(message_id, size)
         entry.users = 1
-        self._entries[message_id] = entry
-        self.used += size
-        self.reads += 1
         if waited:
             # There may be room for the next in line too.
             self._wake()
@@ -168,11 +165,8 @@ class BodyCache:
             if (parts is None or message_id in self._entries
                     or self.used + size > self.budget):
                 continue
-            entry = _Entry(size)
+            entry = self._add(message_id, size)
             entry.parts, entry.waiting = parts, None
-            self._entries[message_id] = entry
-            self.used += size
-            self.reads += 1
 
     def release(self, message_id: int) -> None:
         """A copy using this body is done with it."""
@@ -189,6 +183,13 @@ class BodyCache:
         """Wake everything waiting for room: it gets L{CLOSED}."""
         self._closed = True
         self._wake(everyone=True)
+
+    def _add(self, message_id: int, size: int) -> _Entry:
+        """A new entry for a body being read (or just read) from the store."""
+        entry = self._entries[message_id] = _Entry(size)
+        self.used += size
+        self.reads += 1
+        return entry
 
     def _forget(self, message_id: int) -> None:
         entry = self._entries.pop(message_id, None)
