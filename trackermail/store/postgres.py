@@ -109,14 +109,17 @@ class _Connection(txpostgres.Connection):
         return self._doit(self._run_program, program)
 
     def _run_program(self, program) -> Deferred:
+        return Deferred.fromCoroutine(
+            AsyncTransaction(self.cursor(), self._statements()).run(program))
+
+    def _statements(self) -> Prepared | None:
+        if not self.prepare:
+            return None
         # Prepared statements belong to the server session: a reconnection
         # (a new psycopg2 connection under this object) starts with none.
-        if not self.prepare:
-            return Deferred.fromCoroutine(AsyncTransaction(self.cursor()).run(program))
         if self._prepared is None or self._prepared_on is not self._connection:
             self._prepared, self._prepared_on = Prepared(), self._connection
-        return Deferred.fromCoroutine(
-            AsyncTransaction(self.cursor(), self._prepared).run(program))
+        return self._prepared
 
 
 def _translate(failure: Failure) -> Failure:
