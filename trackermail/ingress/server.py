@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.logger import Logger
 
+from trackermail.config import LimitsSection
 from trackermail.errors import ConfigError
 
 log = Logger()
@@ -33,13 +34,14 @@ class IngressSettings:
     spool: Any
     reactor: Any
     tls_context: Any = None
-    timeout: float = 300
+    # The [limits] defaults, from the one place they are set.
+    timeout: float = LimitsSection.idle_timeout
     stress_timeout: float = 10
-    max_connections: int = 200
-    max_connections_per_ip: int = 50
-    max_recipients: int = 1000
-    transaction_time: float = 600
-    min_data_rate: int = 1024
+    max_connections: int = LimitsSection.max_connections
+    max_connections_per_ip: int = LimitsSection.max_connections_per_ip
+    max_recipients: int = LimitsSection.max_recipients
+    transaction_time: float = LimitsSection.transaction_time
+    min_data_rate: int = LimitsSection.min_data_rate
     data_rate_grace: float = 30
     #: Free space the spool must keep beyond the announced size of a message.
     space_margin: int = 1024 * 1024
