@@ -21,6 +21,23 @@ def run(*args, cwd=None):
     )
 
 
+def migrated_config(case) -> tuple[str, str]:
+    """
+    A fresh directory holding a config (SQLite store and spool in it) whose
+    store is migrated: C{(directory, config path)}.
+    """
+    d = os.path.abspath(case.mktemp())
+    os.makedirs(d)
+    config = os.path.join(d, "t.toml")
+    with open(config, "w") as f:
+        f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
+                f'[database]\nurl = "sqlite:///{d}/t.sqlite"\n'
+                f'[spool]\npath = "{d}/spool"\n')
+    result = run("--config", config, "migrate")
+    case.assertEqual(result.returncode, 0, result.stderr)
+    return d, config
+
+
 class CLITests(SynchronousTestCase):
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
@@ -118,14 +135,7 @@ class ReadIndexTests(SynchronousTestCase):
 class ProcessCommandTests(SynchronousTestCase):
     def test_process_files_once(self):
         """process runs mail files through the pipeline and reports each outcome."""
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(d)
-        config = os.path.join(d, "t.toml")
-        with open(config, "w") as f:
-            f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
-                    f'[database]\nurl = "sqlite:///{d}/t.sqlite"\n'
-                    f'[spool]\npath = "{d}/spool"\n')
-        self.assertEqual(run("--config", config, "migrate").returncode, 0)
+        d, config = migrated_config(self)
         run("--config", config, "subscribe", "--create", "dpkg", "jane@example.org")
         good = os.path.join(d, "good.eml")
         with open(good, "wb") as f:
@@ -314,14 +324,7 @@ class ConfigDiscoveryTests(SynchronousTestCase):
 
 class SpoolCommandTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.config = os.path.join(self.dir, "t.toml")
-        with open(self.config, "w") as f:
-            f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
-                    f'[database]\nurl = "sqlite:///{self.dir}/t.sqlite"\n'
-                    f'[spool]\npath = "{self.dir}/spool"\n')
-        run("--config", self.config, "migrate")
+        self.dir, self.config = migrated_config(self)
 
     def cli(self, *args, stdin=None, env=None):
         return subprocess.run(

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.bounces.mails import BLOCKED, MAILBOX_FULL, USER_UNKNOWN, dsn
 from tests.support.pipeline import FQDN, deliver, make_pipeline
-from tests.test_cli import run
+from tests.test_cli import migrated_config, run
 from trackermail.bounces import verp
 from trackermail.cli_bounces import bounce_report, format_report
 from trackermail.store.bounce_stats import record_sent
@@ -99,14 +99,7 @@ Addresses whose latest mail days all bounced (removed at the threshold):
 class CommandTests(SynchronousTestCase):
     def test_bounces_command(self):
         """trackermail bounces shows a domain refusing us after a bounce was processed."""
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(d)
-        config = os.path.join(d, "t.toml")
-        with open(config, "w") as f:
-            f.write(f'[tracker]\nfqdn = "tracker.example.org"\nsecret_key = "k"\n'
-                    f'[database]\nurl = "sqlite:///{d}/t.sqlite"\n'
-                    f'[spool]\npath = "{d}/spool"\n')
-        self.assertEqual(run("--config", config, "migrate").returncode, 0)
+        d, config = migrated_config(self)
         run("--config", config, "subscribe", "--create", "dpkg", "jane@refusing.example")
         today = datetime.datetime.now(datetime.timezone.utc).date()
         address = verp.encode("jane@refusing.example", today, "k", "tracker.example.org")
