@@ -56,6 +56,30 @@ def series(name, **labels):
     return (name, labels)
 
 
+def mailed_subscriber(case, email):
+    """
+    A pipeline where C{email} subscribes to dpkg and was sent mail today:
+    C{(processor, store, clock, VERP address of a copy to it)}.
+    """
+    processor, store, fake = make_pipeline(case)
+    clock = Clock()
+    clock.advance(fake.now)
+    today = datetime.datetime.fromtimestamp(fake.now, datetime.timezone.utc).date()
+    store.run(subscribe, email, "dpkg")
+    store.run(record_sent, [email], today.isoformat())
+    address = verp.encode(email, today, processor.config.tracker.secret_key, FQDN)
+    return processor, store, clock, address
+
+
+def start_sender(case, processor, store, transport, clock):
+    """A running outbox sender that takes permanent failures to the bounce policy."""
+    sender = OutboxSender(store, transport, clock, node="n1",
+                          on_permanent_failure=permanent_failure(processor.context))
+    sender.startService()
+    case.addCleanup(sender.stopService)
+    return sender
+
+
 class ProcessingMetricsTests(SynchronousTestCase):
     def setUp(self):
         self.processor, self.store, self.clock = make_pipeline(self)
@@ -169,28 +193,18 @@ class ProcessingMetricsTests(SynchronousTestCase):
 class DeliveryMetricsTests(SynchronousTestCase):
     def test_deliveries_sent_retried_failed(self):
         """The sender counts sent, retried and failed deliveries, and 5xx as bounces."""
-        processor, store, fake = make_pipeline(self)
-        clock = Clock()
-        clock.advance(fake.now)
-        secret = processor.config.tracker.secret_key
-        today = datetime.datetime.fromtimestamp(fake.now, datetime.timezone.utc).date()
-        store.run(subscribe, "gone@example.org", "dpkg")
-        store.run(record_sent, ["gone@example.org"], today.isoformat())
+        processor, store, clock, gone = mailed_subscriber(self, "gone@example.org")
         transport = MemoryOutboundTransport()
         transport.script("later@example.org", (451, "4.3.0 try later"))
         transport.script("gone@example.org", (550, "5.1.1 no such user"))
         store.run(enqueue, b"Subject: x\r\n\r\nx\r\n", [
-            ("ok@example.org", ""), ("later@example.org", ""),
-            ("gone@example.org", verp.encode("gone@example.org", today, secret, FQDN)),
+            ("ok@example.org", ""), ("later@example.org", ""), ("gone@example.org", gone),
         ], clock.seconds())
         delta = Delta(series("trackermail_deliveries_total", result="sent"),
                       series("trackermail_deliveries_total", result="retried"),
                       series("trackermail_deliveries_total", result="failed"),
                       series("trackermail_bounces_counted_total"))
-        sender = OutboxSender(store, transport, clock, node="n1",
-                              on_permanent_failure=permanent_failure(processor.context))
-        sender.startService()
-        self.addCleanup(sender.stopService)
+        start_sender(self, processor, store, transport, clock)
         clock.advance(10)  # a 5xx at RCPT is held briefly (is the smarthost refusing?)
         self.assertEqual(delta("trackermail_deliveries_total", result="sent"), 1)
         self.assertEqual(delta("trackermail_deliveries_total", result="retried"), 1)

@@ -6,17 +6,15 @@ mailbox counts after two weeks; and one copy's bounce counts once.
 
 import datetime
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.bounces.mails import BLOCKED, MAILBOX_FULL, USER_UNKNOWN, dsn
 from tests.support.corpus import corpus_message
 from tests.support.outbound import MemoryOutboundTransport
 from tests.support.pipeline import FQDN, deliver, make_pipeline, outbox, parse
-from tests.test_metrics import Delta, series
+from tests.test_metrics import Delta, mailed_subscriber, series, start_sender
 from trackermail.bounces import verp
 from trackermail.bounces.policy import maintain, permanent_failure
-from trackermail.outbound.sender import OutboxSender
 from trackermail.store.bounce_domains import domain_report
 from trackermail.store.bounce_stats import mail_days, record_sent
 from trackermail.store.emails import email_id
@@ -300,28 +298,17 @@ class CorpusTests(PolicyCase):
 class SenderMetricsTests(SynchronousTestCase):
     def test_smarthost_refusal_metrics(self):
         """The outbox sender counts a smarthost refusal by reason and domain, not as a bounce."""
-        processor, store, fake = make_pipeline(self)
-        clock = Clock()
-        clock.advance(fake.now)
-        secret = processor.config.tracker.secret_key
-        today = datetime.datetime.fromtimestamp(fake.now, datetime.timezone.utc).date()
-        store.run(subscribe, "jane@refusing.example", "dpkg")
-        store.run(record_sent, ["jane@refusing.example"], today.isoformat())
+        processor, store, clock, jane = mailed_subscriber(self, "jane@refusing.example")
         transport = MemoryOutboundTransport()
         transport.script("jane@refusing.example", (554, " ".join(BLOCKED)))
-        store.run(enqueue, b"Subject: x\r\n\r\nx\r\n", [
-            ("jane@refusing.example",
-             verp.encode("jane@refusing.example", today, secret, FQDN)),
-        ], clock.seconds())
+        store.run(enqueue, b"Subject: x\r\n\r\nx\r\n", [("jane@refusing.example", jane)],
+                  clock.seconds())
         delta = Delta(series("trackermail_refusals_by_domain_total",
                              domain="refusing.example", reason="blocked"),
                       series("trackermail_bounces_total", reason="blocked", kind="hard",
                              outcome="refused"),
                       series("trackermail_bounces_counted_total"))
-        sender = OutboxSender(store, transport, clock, node="n1",
-                              on_permanent_failure=permanent_failure(processor.context))
-        sender.startService()
-        self.addCleanup(sender.stopService)
+        start_sender(self, processor, store, transport, clock)
         clock.advance(10)  # a 5xx at RCPT is held briefly (is the smarthost refusing?)
         self.assertEqual(delta("trackermail_refusals_by_domain_total",
                                domain="refusing.example", reason="blocked"), 1)
