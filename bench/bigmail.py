@@ -23,19 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import smtplib
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e import FQDN, PYTHON, ROOT, SEED, Database, Tracker  # noqa: E402
-from fanout import Sink  # noqa: E402
+from e2e import FQDN, tracker_run  # noqa: E402
 
 
 def big_message(i: int, size: int) -> bytes:
@@ -73,13 +69,7 @@ def outbox_done(db, conn, messages: int) -> bool:
 
 
 def run(backend: str, clients: int, size: int, subscribers: int, timeout: float) -> dict:
-    tmp = tempfile.mkdtemp(prefix="trackermail-bigmail-")
-    db = Database(backend, tmp)
-    sink = Sink("auto")
-    tracker = None
-    try:
-        subprocess.run([PYTHON, "-c", SEED, db.url, str(subscribers)], check=True, cwd=ROOT)
-        tracker = Tracker(tmp, db.url, sink.port, connections=8)
+    with tracker_run(backend, subscribers, "auto", 8, "bigmail") as (db, _sink, tracker):
         time.sleep(1.0)
         idle = rss_mib(tracker.pid, "VmRSS")
         mails = [big_message(i, size) for i in range(clients)]
@@ -111,12 +101,6 @@ def run(backend: str, clients: int, size: int, subscribers: int, timeout: float)
             "accept_s": round(accepted - started, 2), "total_s": round(finished - started, 2),
             "goal_peak_mib": 300,
         }
-    finally:
-        if tracker is not None:
-            tracker.stop()
-        sink.stop()
-        db.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> int:

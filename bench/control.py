@@ -22,19 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import smtplib
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e import FQDN, PYTHON, ROOT, SEED, BackendCPU, Database, Tracker  # noqa: E402
-from fanout import Sink  # noqa: E402
+from e2e import FQDN, BackendCPU, tracker_run  # noqa: E402
 
 
 def send_all(port: int, mails: list[tuple[str, bytes]], connections: int = 1) -> None:
@@ -68,13 +64,7 @@ def wait_for(db, conn, sql: str, count: int, timeout: float) -> bool:
 
 
 def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) -> dict:
-    tmp = tempfile.mkdtemp(prefix="trackermail-control-")
-    db = Database(backend, tmp)
-    sink = Sink(sink_kind)
-    tracker = None
-    try:
-        subprocess.run([PYTHON, "-c", SEED, db.url, "0"], check=True, cwd=ROOT)
-        tracker = Tracker(tmp, db.url, sink.port, 4)
+    with tracker_run(backend, 0, sink_kind, 4, "control") as (db, _sink, tracker):
         conn = db.connect()
         users = [f"user{i}@example.net" for i in range(k)]
         requests = [
@@ -114,12 +104,6 @@ def run(backend: str, k: int, sink_kind: str, timeout: float, connections: int) 
             "db_cpu_ms": (round(database_cpu / (2 * k) * 1000, 2)
                           if backend == "postgresql" else None),
         }
-    finally:
-        if tracker is not None:
-            tracker.stop()
-        sink.stop()
-        db.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ Prints a table and writes bench/results/e2e.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -264,15 +265,33 @@ def parse_scenario(text: str) -> tuple[int, int, int]:
     return int(m), int(n), size
 
 
-def run_scenario(backend: str, messages: int, subscribers: int, size: int,
-                 sink_kind: str, connections: int, timeout: float) -> dict:
-    tmp = tempfile.mkdtemp(prefix="trackermail-e2e-")
+@contextlib.contextmanager
+def tracker_run(backend: str, subscribers: int, sink_kind: str, connections: int,
+                name: str):
+    """
+    A fresh database with C{subscribers} of one package, a sink and a
+    tracker process sending to it: yields C{(db, sink, tracker)}, and removes
+    them all afterwards.
+    """
+    tmp = tempfile.mkdtemp(prefix=f"trackermail-{name}-")
     db = Database(backend, tmp)
     sink = Sink(sink_kind)
     tracker = None
     try:
         subprocess.run([PYTHON, "-c", SEED, db.url, str(subscribers)], check=True, cwd=ROOT)
         tracker = Tracker(tmp, db.url, sink.port, connections)
+        yield db, sink, tracker
+    finally:
+        if tracker is not None:
+            tracker.stop()
+        sink.stop()
+        db.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_scenario(backend: str, messages: int, subscribers: int, size: int,
+                 sink_kind: str, connections: int, timeout: float) -> dict:
+    with tracker_run(backend, subscribers, sink_kind, connections, "e2e") as (db, sink, tracker):
         mails = [message(i, size) for i in range(messages)]
         conn = db.connect()
         db_cpu = BackendCPU(db, conn)
@@ -317,12 +336,6 @@ def run_scenario(backend: str, messages: int, subscribers: int, size: int,
             "body_stored_once": bool(bodies),
             "sink": sink.kind,
         }
-    finally:
-        if tracker is not None:
-            tracker.stop()
-        sink.stop()
-        db.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def smtplib_baseline(sink_kind: str, deliveries: int) -> dict:
