@@ -171,6 +171,13 @@ class _Endpoint:
                                   timeout=10).connect(factory)
 
 
+async def run_until(clock, sender, pool, until: float, step: float) -> None:
+    """Move the clock to C{until} by C{step}s, letting real I/O settle at each step."""
+    while clock.seconds() < until:
+        clock.advance(step)
+        await settle(sender, pool)
+
+
 async def settle(sender, pool, budget: float = 30.0):
     """
     Let real I/O finish before the clock moves on: until the sender is idle,
@@ -214,13 +221,8 @@ class RealPoolSmarthostTests(TestCase):
         self.addCleanup(pool.close)
         self.addCleanup(sender.stopService)
 
-        async def run_until(t):
-            while clock.seconds() < t:
-                clock.advance(5)
-                await settle(sender, pool)
-
         # Minutes 0-5: nothing listens on the port.
-        await run_until(T0 + 300)
+        await run_until(clock, sender, pool, T0 + 300, 5)
         self.assertEqual(sink.connections, 0)
         # Minutes 5-10: the MTA is back but refuses service.
         sink.refuse = True
@@ -231,7 +233,7 @@ class RealPoolSmarthostTests(TestCase):
             port = reactor.listenTCP(0, sink, interface="127.0.0.1")
             where["port"] = port.getHost().port
         self.addCleanup(port.stopListening)
-        await run_until(T0 + DOWN)
+        await run_until(clock, sender, pool, T0 + DOWN, 5)
         self.assertGreater(sink.refused, 0)
         self.assertEqual(sink.messages, [])
         rows = await store.run(outbox_report.delivery_rows)
@@ -240,7 +242,7 @@ class RealPoolSmarthostTests(TestCase):
         self.assertTrue(all(r[3] >= 2 for r in rows), rows)
 
         sink.refuse = False
-        await run_until(T0 + DOWN + 900)
+        await run_until(clock, sender, pool, T0 + DOWN + 900, 5)
         got = collections.Counter(r for m in sink.messages for r in m.recipients)
         self.assertEqual(sorted(got), sorted(rcpts))
         self.assertEqual(set(got.values()), {1})
@@ -294,12 +296,7 @@ class RefusingSmarthostTests(TestCase):
         self.addCleanup(pool.close)
         self.addCleanup(sender.stopService)
 
-        async def run_until(t):
-            while clock.seconds() < t:
-                clock.advance(600)
-                await settle(sender, pool)
-
-        await run_until(T0 + 4 * 86400)
+        await run_until(clock, sender, pool, T0 + 4 * 86400, 600)
         rows = await store.run(outbox_report.delivery_rows)
         self.assertEqual({r[2] for r in rows}, {"queued"})
         self.assertTrue(all(r[3] > 50 for r in rows), "retried all along")
@@ -314,7 +311,7 @@ class RefusingSmarthostTests(TestCase):
             - bounces, 0)
 
         unrefuse(sink)
-        await run_until(T0 + 4 * 86400 + 3600)
+        await run_until(clock, sender, pool, T0 + 4 * 86400 + 3600, 600)
         got = collections.Counter(r for m in sink.messages for r in m.recipients)
         self.assertEqual(sorted(got), sorted(rcpts))
         self.assertEqual(set(got.values()), {1})
